@@ -1,0 +1,102 @@
+"""Decision records: what they hold, how they read in mitmweb, where they are logged.
+
+Pure, no mitmproxy import. Records are JSON-able dicts and never hold a secret in clear.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import IO, Any
+from urllib.parse import unquote_plus
+
+from .routes import redact
+
+# Keys of mitmproxy/utils/emoji.py, so mitmweb draws them in the flow list.
+MARKERS = {
+    "routed": ":rocket:",
+    "passthrough": ":arrow_right:",
+    "fallback": ":arrows_counterclockwise:",
+    "no_fallback": ":x:",
+    "reissue": ":leftwards_arrow_with_hook:",
+}
+COMMENT_PREFIX = "browserrouting: "
+
+# Shown in the comment's detail lines in this order; anything else follows.
+_DETAIL_ORDER = (
+    "decision", "reason", "session_id", "method", "url", "vm_url", "vm_status",
+    "cp_status", "reissue_flow", "serves", "flow_id", "error", "cache",
+)  # fmt: skip
+
+
+def redact_url(url: str) -> str:
+    """The URL with every `jwt` query value cut to a short prefix."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    parts = []
+    for piece in query.split("&"):
+        key, eq, value = piece.partition("=")
+        if eq and unquote_plus(key) == "jwt":
+            piece = f"{key}={redact(unquote_plus(value))}"
+        parts.append(piece)
+    return base + "?" + "&".join(parts)
+
+
+def summary(record: dict[str, Any]) -> str:
+    """One line that says what happened to the flow."""
+    d, reason = record["decision"], record.get("reason")
+    vm, cp = record.get("vm_status"), record.get("cp_status")
+    if d == "routed":
+        text = f"routed to VM {record.get('vm_host', '')}".rstrip()
+        text += f" ({vm})" if vm is not None else ""
+    elif d == "passthrough":
+        text = f"passthrough ({reason})"
+        text += f", CP {cp}" if cp is not None else ""
+    elif d == "fallback":
+        text = f"fallback: VM {vm} browser_gone, CP re-issue {cp if cp is not None else 'failed'}"
+    elif d == "no_fallback":
+        text = f"no_fallback ({reason}), VM {vm if vm is not None else 'no answer'}"
+    elif d == "reissue":
+        text = f"reissue for flow {record.get('serves')}, CP {cp if cp is not None else 'failed'}"
+    else:
+        text = f"{d} ({reason})" if reason else d
+    session = record.get("session_id")
+    return COMMENT_PREFIX + text + (f" [{session}]" if session else "")
+
+
+def comment(record: dict[str, Any]) -> str:
+    """The summary line, then every field of the record, for mitmweb's Comment tab."""
+    keys = [k for k in _DETAIL_ORDER if k in record] + sorted(k for k in record if k not in _DETAIL_ORDER)
+    lines = [summary(record)]
+    for key in keys:
+        value = record[key]
+        if value is None:
+            continue
+        if key == "cache":
+            value = "; ".join(f"{c['decision']} {c.get('session_id')} ({c.get('reason')})" for c in value)
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+class JsonLinesLog:
+    """Appends one JSON object per line; a path of "" turns it off."""
+
+    def __init__(self) -> None:
+        self._file: IO[str] | None = None
+
+    def open(self, path: str) -> None:
+        """Switch to `path` ("" closes); OSError when it cannot be opened for append."""
+        new = open(path, "a", encoding="utf-8", buffering=1) if path else None  # noqa: SIM115
+        self.close()
+        self._file = new
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            line = {"ts": round(time.time(), 3), **record}
+            self._file.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

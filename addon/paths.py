@@ -1,0 +1,131 @@
+"""Path parsing and option-list parsing: pure functions, no mitmproxy import."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+VERSION_PREFIX = r"(?:/v\d+)?"
+_SUBRESOURCE_PATH = re.compile(VERSION_PREFIX + r"/browsers/([^/]+)/([^/]+)(/.*)?$")
+_BROWSERS_COLLECTION = re.compile(VERSION_PREFIX + r"/browsers/?$")
+_BROWSER_BY_ID = re.compile(VERSION_PREFIX + r"/browsers/([^/]+)/?$")
+_POOL_ACQUIRE = re.compile(VERSION_PREFIX + r"/browser_pools/[^/]+/acquire/?$")
+_POOL_RELEASE = re.compile(VERSION_PREFIX + r"/browser_pools/[^/]+/release/?$")
+
+# RFC 3986 pchar plus "/" (and "%" for pct-encoding): what a path entry may hold.
+_PATH_ENTRY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]+")
+_HOST_GLOB = re.compile(r"[A-Za-z0-9\-._*?\[\]:]+")
+
+DEFAULT_SUBRESOURCES = "curl,telemetry/stream,computer,playwright,process,fs,logs/stream"
+SUBRESOURCES_ENV = "KERNEL_BROWSER_ROUTING_SUBRESOURCES"
+
+
+@dataclass(frozen=True)
+class SubresourcePath:
+    """`[/vN]/browsers/{id}/{subresource}{suffix}`, split."""
+
+    session_key: str  # percent-decoded {id}: a session id or a browser name
+    tail: str  # raw `{subresource}{suffix}`, without the leading slash
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """Split a request target into (path, query) without decoding either."""
+    path, _, query = path.partition("?")
+    return path, query
+
+
+def parse_subresource_path(path: str) -> SubresourcePath | None:
+    """Return the parts of a browser subresource path (no query), or None."""
+    m = _SUBRESOURCE_PATH.match(path)
+    if m is None:
+        return None
+    key = unquote(m.group(1)).strip()
+    if not key:
+        return None
+    return SubresourcePath(session_key=key, tail=m.group(2) + (m.group(3) or ""))
+
+
+def normalize_tail(tail: str) -> str:
+    """Collapse repeated slashes and strip the outer ones: `/a//b/` -> `a/b`."""
+    return "/".join(part for part in tail.split("/") if part)
+
+
+def is_allowlisted(tail: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether `tail` is covered by a prefix on a segment boundary.
+
+    `telemetry/stream` covers `telemetry/stream` and `telemetry/stream/x`, not
+    `telemetry/streamx`, so control-plane-only reads stay off the VM.
+    """
+    tail = normalize_tail(tail)
+    return any(tail == p or tail.startswith(p + "/") for p in prefixes)
+
+
+def is_fallback_eligible(tail: str, eligible: tuple[str, ...]) -> bool:
+    """Exact match after slash normalisation."""
+    return normalize_tail(tail) in eligible
+
+
+def is_route_source(method: str, path: str) -> bool:
+    """CP paths whose successful JSON responses describe browsers."""
+    if method == "POST" and _POOL_ACQUIRE.match(path):
+        return True
+    if method in ("GET", "POST") and _BROWSERS_COLLECTION.match(path):
+        return True
+    return method == "GET" and _BROWSER_BY_ID.match(path) is not None
+
+
+def deleted_browser_key(method: str, path: str) -> str | None:
+    """The percent-decoded {id} of `DELETE [/vN]/browsers/{id}`, or None."""
+    if method != "DELETE":
+        return None
+    m = _BROWSER_BY_ID.match(path)
+    return unquote(m.group(1)).strip() or None if m else None
+
+
+def is_pool_release(method: str, path: str) -> bool:
+    return method == "POST" and _POOL_RELEASE.match(path) is not None
+
+
+def parse_list(value: str) -> list[str]:
+    """A comma-separated option value; empty entries are skipped."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def parse_path_entries(value: str) -> tuple[str, ...]:
+    """Allowlist or registry entries, slash-normalised; ValueError names a bad one."""
+    entries = []
+    for entry in parse_list(value):
+        if not _PATH_ENTRY.fullmatch(entry) or not normalize_tail(entry):
+            raise ValueError(f"{entry!r} is not a URL path")
+        entries.append(normalize_tail(entry))
+    return tuple(entries)
+
+
+def parse_origins(value: str) -> tuple[tuple[str, str, int], ...]:
+    """`scheme://host[:port]` entries as (scheme, host, port); ValueError names a bad one."""
+    origins = []
+    for entry in parse_list(value):
+        try:
+            parts = urlsplit(entry)
+            port = parts.port
+        except ValueError as e:
+            raise ValueError(f"{entry!r} is not an origin: {e}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{entry!r} is not an origin (want http[s]://host[:port])")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"{entry!r} is not an origin (no path, query or user info)")
+        default = 443 if parts.scheme == "https" else 80
+        origins.append((parts.scheme, parts.hostname.lower(), port or default))
+    if not origins:
+        raise ValueError("at least one origin is required")
+    return tuple(origins)
+
+
+def parse_host_globs(value: str) -> tuple[str, ...]:
+    globs = []
+    for entry in parse_list(value):
+        if not _HOST_GLOB.fullmatch(entry):
+            raise ValueError(f"{entry!r} is not a host glob")
+        globs.append(entry.lower())
+    return tuple(globs)

@@ -1,0 +1,100 @@
+"""Puts each routing decision on its flow (metadata, comment, marker) and in the log."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from .decisions import MARKERS, JsonLinesLog, comment, redact_url
+from .routes import Route, redact
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "browserrouting"
+
+
+def record_of(flow: http.HTTPFlow) -> dict[str, Any] | None:
+    record = flow.metadata.get(METADATA_KEY)
+    return record if isinstance(record, dict) else None
+
+
+class DecisionRecorder:
+    """Owns `browserrouting_log`; every other part reports decisions through it."""
+
+    def __init__(self) -> None:
+        self.log = JsonLinesLog()
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "browserrouting_log", str, "",
+            "Path of a JSON-lines file that gets one line per flow when its routing "
+            "decision is final and one per route cache change; empty turns it off.",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        if "browserrouting_log" in updated:
+            try:
+                self.log.open(ctx.options.browserrouting_log)
+            except OSError as e:
+                raise exceptions.OptionsError(f"browserrouting_log: cannot open: {e}") from e
+
+    def decide(self, flow: http.HTTPFlow, decision: str, reason: str | None = None, **fields: Any) -> None:
+        """Set or update the flow's decision; fields given as None are left out."""
+        record = record_of(flow)
+        if record is None:
+            record = {
+                "decision": decision,
+                "reason": reason,
+                "session_id": None,
+                "method": flow.request.method,
+                "url": redact_url(flow.request.url),
+                "flow_id": flow.id,
+            }
+            flow.metadata[METADATA_KEY] = record
+        record.update(decision=decision, reason=reason)
+        for key, value in fields.items():
+            if value is not None:
+                record[key] = redact_url(value) if key.endswith("url") else value
+        flow.marked = MARKERS.get(decision, ":default:")
+        flow.comment = comment(record)
+
+    def cache_changed(
+        self, decision: str, reason: str | None, route: Route, flow: http.HTTPFlow | None = None
+    ) -> None:
+        """A route was cached, evicted or refused: log it, and note it on the flow that caused it."""
+        change = {
+            "decision": decision,
+            "reason": reason,
+            "session_id": route.session_id,
+            "name": route.name,
+            "base_url": route.base_url,
+            "jwt": redact(route.jwt),
+        }
+        if flow is not None:
+            change["flow_id"] = flow.id
+            change["url"] = redact_url(flow.request.url)
+            record = record_of(flow)
+            if record is not None:
+                record.setdefault("cache", []).append(
+                    {k: change[k] for k in ("decision", "reason", "session_id")}
+                )
+                flow.comment = comment(record)
+        level = logging.WARNING if decision == "route_refused" else logging.INFO
+        logger.log(level, f"{decision} {route.session_id} -> {route.base_url} ({reason})")
+        self.log.write(change)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._final(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._final(flow)
+
+    def _final(self, flow: http.HTTPFlow) -> None:
+        record = record_of(flow)
+        if record is not None:
+            self.log.write(record)
+
+    def done(self) -> None:
+        self.log.close()

@@ -1,0 +1,132 @@
+"""Falls back to the control plane, exactly once, when the VM says the browser is gone."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addons.clientplayback import ReplayHandler
+
+from . import paths
+from .fallback import MAX_GONE_BODY, no_fallback_reason
+from .recorder import DecisionRecorder, record_of
+from .router import BrowserRouting
+
+logger = logging.getLogger(__name__)
+
+
+def read_404_body(response: http.Response) -> bytes | None:
+    """The decoded body of a buffered 404, or None when it was streamed or cannot be decoded."""
+    if response.raw_content is None or len(response.raw_content) > MAX_GONE_BODY:
+        return None
+    try:
+        return response.get_content(strict=True)
+    except ValueError:
+        return None
+
+
+def fallback_failed(why: str) -> http.Response:
+    body = {"code": "fallback_failed", "message": f"control-plane fallback failed: {why}"}
+    return http.Response.make(502, json.dumps(body), {"Content-Type": "application/json"})
+
+
+class ControlPlaneFallback:
+    """Streams routed answers, and re-issues eligible browser_gone GETs to the CP."""
+
+    def __init__(self, router: BrowserRouting, recorder: DecisionRecorder) -> None:
+        self.router = router
+        self.recorder = recorder
+        self.eligible: tuple[str, ...] = ()
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "browserrouting_fallback", str, "telemetry/events",
+            "Comma-separated browser subresource paths ({subresource}{suffix}) whose GETs fall "
+            "back to the control plane when the VM answers 404 browser_gone.",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        if "browserrouting_fallback" in updated:
+            try:
+                self.eligible = paths.parse_path_entries(ctx.options.browserrouting_fallback)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"browserrouting_fallback: {e}") from None
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        record = record_of(flow)
+        if record is None or flow.response is None:
+            return
+        if record["decision"] == "reissue":
+            flow.response.stream = False  # its body is copied to the flow it serves
+        elif record["decision"] == "routed":
+            # Only a 404 can be browser_gone; everything else, SSE included, flows live.
+            declared = flow.response.headers.get("content-length", "")
+            too_big = declared.isdigit() and int(declared) > MAX_GONE_BODY
+            flow.response.stream = flow.response.status_code != 404 or too_big
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        record = record_of(flow)
+        if record is None or flow.response is None or not flow.live:
+            return  # offline reads (mitmdump -nr) keep the decision they were recorded with
+        if record["decision"] == "reissue":
+            self.recorder.decide(flow, "reissue", cp_status=flow.response.status_code)
+            return
+        if record["decision"] != "routed":
+            return
+        original = self.router.originals.pop(flow.id, None)
+        status = flow.response.status_code
+        if status < 400:
+            self.recorder.decide(flow, "routed", vm_status=status)
+            return
+        sub = paths.parse_subresource_path(paths.split_path(original.path)[0]) if original else None
+        eligible = sub is not None and paths.is_fallback_eligible(sub.tail, self.eligible)
+        body = read_404_body(flow.response) if status == 404 else None
+        reason = no_fallback_reason(flow.request.method, eligible, status, body)
+        if reason is not None:
+            self.recorder.decide(flow, "no_fallback", reason, vm_status=status)
+            return
+        assert original is not None  # eligible implies it
+        self.router.evict(record["session_id"], "browser_gone", flow)
+        await self.reissue(flow, original, vm_status=status)
+
+    async def reissue(self, flow: http.HTTPFlow, original: http.Request, **fields: Any) -> None:
+        """Send the client's own request to the CP as a flow of its own; answer with its response."""
+        copy = flow.copy()
+        copy.request = original
+        copy.response = None
+        copy.error = None
+        copy.metadata = {}
+        copy.comment = ""
+        copy.is_replay = "request"
+        self.recorder.decide(
+            copy, "reissue", session_id=flow.metadata["browserrouting"]["session_id"], serves=flow.id
+        )
+        self.recorder.decide(flow, "fallback", reissue_flow=copy.id, **fields)
+        await ReplayHandler(copy, ctx.options).replay()
+        if copy.response is not None:
+            flow.response = copy.response.copy()
+            self.recorder.decide(flow, "fallback", cp_status=copy.response.status_code)
+        else:
+            why = copy.error.msg if copy.error else "no response"
+            flow.response = fallback_failed(why)
+            self.recorder.decide(flow, "fallback", error=why)
+            logger.warning(
+                f"control-plane fallback for {copy.metadata['browserrouting']['url']} failed: {why}"
+            )
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        record = record_of(flow)
+        if record is None or not flow.live:
+            return
+        why = flow.error.msg if flow.error else None
+        if record["decision"] == "reissue":
+            self.recorder.decide(flow, "reissue", error=why)
+        elif record["decision"] == "routed":
+            self.router.originals.pop(flow.id, None)
+            if flow.response is not None and flow.response.status_code < 400:
+                # The VM answered and the stream broke later (often the client leaving).
+                self.recorder.decide(flow, "routed", vm_status=flow.response.status_code, error=why)
+            else:
+                self.recorder.decide(flow, "no_fallback", "vm_error", error=why)

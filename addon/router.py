@@ -1,0 +1,166 @@
+"""Routes allowlisted browser subresource requests to the VM, and keeps the route cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+from urllib.parse import quote, unquote_plus
+
+from mitmproxy import ctx, exceptions, http
+
+from . import paths
+from .recorder import METADATA_KEY, DecisionRecorder, record_of
+from .routes import Route, RouteCache, refusal_reason, routes_from_json
+
+logger = logging.getLogger(__name__)
+
+
+def has_query_param(query: str, name: str) -> bool:
+    return any(unquote_plus(piece.partition("=")[0]) == name for piece in query.split("&") if piece)
+
+
+def vm_url(route: Route, tail: str, query: str) -> str:
+    """The VM URL for `{subresource}{suffix}`: base_url's path joined with the raw tail,
+    the client's query kept in order, the route's jwt added unless the client sent one."""
+    if not has_query_param(query, "jwt"):
+        query = f"{query}&jwt={quote(route.jwt, safe='')}" if query else f"jwt={quote(route.jwt, safe='')}"
+    return f"{route.base_url}/{tail}" + (f"?{query}" if query else "")
+
+
+def is_json(headers: http.Headers) -> bool:
+    media = str(headers.get("content-type", "")).split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def json_body(message: http.Message) -> object:
+    """The message's JSON body, or None when it is absent, not decodable or not JSON."""
+    try:
+        return json.loads(message.get_content(strict=True) or b"")
+    except ValueError:
+        return None
+
+
+class BrowserRouting:
+    """Learns routes from control-plane responses and rewrites requests to the VM."""
+
+    def __init__(self, recorder: DecisionRecorder) -> None:
+        self.recorder = recorder
+        self.cache = RouteCache()
+        self.origins: tuple[tuple[str, str, int], ...] = ()
+        self.subresources: tuple[str, ...] = ()
+        self.vm_hosts: tuple[str, ...] = ()
+        # The client's request of each routed GET, for a fallback to re-issue; kept out
+        # of flow.metadata because it holds the API key.
+        self.originals: dict[str, http.Request] = {}
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "browserrouting_control_plane", str, "https://api.onkernel.com",
+            "Comma-separated control-plane origins (scheme://host[:port]) whose browser "
+            "calls are routed and whose responses fill the route cache.",
+        )  # fmt: skip
+        loader.add_option(
+            "browserrouting_subresources", str,
+            os.environ.get(paths.SUBRESOURCES_ENV, paths.DEFAULT_SUBRESOURCES),
+            "Comma-separated allowlist of browser subresource path prefixes routed to the VM, "
+            f"matched on segment boundaries; defaults to ${paths.SUBRESOURCES_ENV} when set.",
+        )  # fmt: skip
+        loader.add_option(
+            "browserrouting_vm_hosts", str, "*.onkernel.com",
+            "Comma-separated host globs a browser's base_url may point at; routes to other "
+            "hosts are refused (* allows any).",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        parsers = {
+            "browserrouting_control_plane": ("origins", paths.parse_origins),
+            "browserrouting_subresources": ("subresources", paths.parse_path_entries),
+            "browserrouting_vm_hosts": ("vm_hosts", paths.parse_host_globs),
+        }
+        parsed = {}
+        for name, (attr, parse) in parsers.items():
+            if name in updated:
+                try:
+                    parsed[attr] = parse(getattr(ctx.options, name))
+                except ValueError as e:
+                    raise exceptions.OptionsError(f"{name}: {e}") from None
+        for attr, value in parsed.items():
+            setattr(self, attr, value)
+        if "browserrouting_vm_hosts" in updated:
+            for route in self.cache:
+                if reason := refusal_reason(route.base_url, self.vm_hosts):
+                    self.cache.evict(route.session_id)
+                    self.recorder.cache_changed("route_evicted", reason, route)
+
+    def is_control_plane(self, request: http.Request) -> bool:
+        return (request.scheme, request.host.lower(), request.port) in self.origins
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return  # answered already (server replay), or an offline read
+        record = record_of(flow)
+        if record is not None and record["decision"] == "reissue":
+            return  # a fallback's re-issue goes to the CP as it is
+        if not self.is_control_plane(flow.request):
+            return
+        flow.metadata.pop(METADATA_KEY, None)  # a replayed flow is decided afresh
+        path, query = paths.split_path(flow.request.path)
+        sub = paths.parse_subresource_path(path)
+        if sub is None:
+            self.recorder.decide(flow, "passthrough", "not_browser_subresource")
+            return
+        if not paths.is_allowlisted(sub.tail, self.subresources):
+            self.recorder.decide(flow, "passthrough", "not_allowlisted", session_id=sub.session_key)
+            return
+        route = self.cache.get(sub.session_key)
+        if route is None:
+            self.recorder.decide(flow, "passthrough", "no_route", session_id=sub.session_key)
+            return
+        self.recorder.decide(flow, "routed", session_id=route.session_id)
+        if flow.request.method == "GET":  # only a GET can fall back to the CP
+            self.originals[flow.id] = flow.request.copy()
+        flow.request.url = vm_url(route, sub.tail, query)
+        flow.request.headers.pop("authorization", None)
+        self.recorder.decide(
+            flow, "routed", vm_url=flow.request.url, vm_host=f"{flow.request.host}:{flow.request.port}"
+        )
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        record = record_of(flow)
+        if record is None or record["decision"] != "passthrough" or not flow.response:
+            return
+        self.recorder.decide(flow, "passthrough", record["reason"], cp_status=flow.response.status_code)
+        if 200 <= flow.response.status_code < 300:
+            self.learn(flow)
+
+    def learn(self, flow: http.HTTPFlow) -> None:
+        """Fill or evict the cache from a successful control-plane response."""
+        assert flow.response
+        method, path = flow.request.method, paths.split_path(flow.request.path)[0]
+        if (key := paths.deleted_browser_key(method, path)) is not None:
+            self.evict(key, "delete", flow)
+        elif paths.is_pool_release(method, path):
+            body = json_body(flow.request)
+            session_id = body.get("session_id") if isinstance(body, dict) else None
+            if isinstance(session_id, str) and session_id.strip():
+                self.evict(session_id, "pool_release", flow)
+        elif paths.is_route_source(method, path) and is_json(flow.response.headers):
+            for route in routes_from_json(json_body(flow.response)):
+                self.add(route, "learned", flow)
+
+    def add(self, route: Route, reason: str, flow: http.HTTPFlow | None = None) -> str | None:
+        """Cache a route unless its base_url is refused; returns the refusal reason."""
+        if refusal := refusal_reason(route.base_url, self.vm_hosts):
+            self.recorder.cache_changed("route_refused", refusal, route, flow)
+            return refusal
+        if self.cache.put(route):
+            self.recorder.cache_changed("route_cached", reason, route, flow)
+        return None
+
+    def evict(self, key: str, reason: str, flow: http.HTTPFlow | None = None) -> Route | None:
+        route = self.cache.evict(key)
+        if route is not None:
+            self.recorder.cache_changed("route_evicted", reason, route, flow)
+        return route

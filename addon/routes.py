@@ -1,0 +1,124 @@
+"""The route cache and route extraction from control-plane JSON: no mitmproxy import."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass(frozen=True)
+class Route:
+    session_id: str
+    base_url: str  # without a trailing slash
+    jwt: str
+    name: str | None = None  # the SDKs accept a browser's name where its id goes
+
+
+def redact(secret: str) -> str:
+    """A short prefix, enough to tell two tokens apart in a log, useless to replay."""
+    return secret[:6] + "…" if secret else ""
+
+
+def jwt_from_cdp_ws_url(cdp_ws_url: str) -> str | None:
+    try:
+        values = parse_qs(urlsplit(cdp_ws_url).query).get("jwt")
+    except ValueError:
+        return None
+    return values[0].strip() if values and values[0].strip() else None
+
+
+def route_from_object(obj: dict[object, object]) -> Route | None:
+    """A route from one browser-like object, or None when a field is missing or mistyped."""
+    session_id, base_url = obj.get("session_id"), obj.get("base_url")
+    if not isinstance(session_id, str) or not isinstance(base_url, str):
+        return None
+    jwt_field, cdp_ws_url = obj.get("jwt"), obj.get("cdp_ws_url")
+    if isinstance(jwt_field, str) and jwt_field.strip():
+        jwt: str | None = jwt_field.strip()
+    elif isinstance(cdp_ws_url, str):
+        jwt = jwt_from_cdp_ws_url(cdp_ws_url)
+    else:
+        jwt = None
+    session_id, base_url = session_id.strip(), base_url.strip().rstrip("/")
+    if not session_id or not base_url or not jwt:
+        return None
+    name = obj.get("name")
+    name = name.strip() if isinstance(name, str) and name.strip() else None
+    return Route(session_id, base_url, jwt, name)
+
+
+def iter_browser_objects(value: object) -> Iterator[dict[object, object]]:
+    """Every JSON object at any depth (lists, `items`, nested objects), depth first."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield node
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+
+
+def routes_from_json(value: object) -> list[Route]:
+    return [r for obj in iter_browser_objects(value) if (r := route_from_object(obj))]
+
+
+def refusal_reason(base_url: str, vm_hosts: tuple[str, ...]) -> str | None:
+    """Why a base_url must not be used (`scheme`, `vm_host`), or None when it is fine."""
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return "base_url"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "scheme"
+    host = parts.hostname.lower()
+    if not any(fnmatch.fnmatchcase(host, glob) for glob in vm_hosts):
+        return "vm_host"
+    return None
+
+
+class RouteCache:
+    """Routes by session id, also found by browser name; one cache serves every CP origin."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+        self._ids_by_name: dict[str, str] = {}
+
+    def _resolve(self, key: str) -> str:
+        key = key.strip()
+        return key if key in self._routes else self._ids_by_name.get(key, key)
+
+    def get(self, key: str) -> Route | None:
+        return self._routes.get(self._resolve(key))
+
+    def put(self, route: Route) -> bool:
+        """Store a route; True when it is new or changed."""
+        old = self._routes.get(route.session_id)
+        if old == route:
+            return False
+        if old is not None and old.name is not None:
+            self._ids_by_name.pop(old.name, None)
+        self._routes[route.session_id] = route
+        if route.name is not None:
+            self._ids_by_name[route.name] = route.session_id
+        return True
+
+    def evict(self, key: str) -> Route | None:
+        """Drop the route found by id or name, under both keys."""
+        route = self._routes.pop(self._resolve(key), None)
+        if route is not None and route.name is not None:
+            self._ids_by_name.pop(route.name, None)
+        return route
+
+    def clear(self) -> None:
+        self._routes.clear()
+        self._ids_by_name.clear()
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(list(self._routes.values()))
+
+    def __len__(self) -> int:
+        return len(self._routes)
