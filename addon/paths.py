@@ -66,13 +66,14 @@ def is_fallback_eligible(tail: str, eligible: tuple[str, ...]) -> bool:
     return normalize_tail(tail) in eligible
 
 
-def is_route_source(method: str, path: str) -> bool:
-    """CP paths whose successful JSON responses describe browsers."""
+def route_source(method: str, path: str) -> str | None:
+    """What a CP browser-metadata call is (`create`, `list`, `retrieve`, `pool_acquire`),
+    or None for paths whose responses do not describe browsers."""
     if method == "POST" and _POOL_ACQUIRE.match(path):
-        return True
-    if method in ("GET", "POST") and _BROWSERS_COLLECTION.match(path):
-        return True
-    return method == "GET" and _BROWSER_BY_ID.match(path) is not None
+        return "pool_acquire"
+    if _BROWSERS_COLLECTION.match(path):
+        return {"POST": "create", "GET": "list"}.get(method)
+    return "retrieve" if method == "GET" and _BROWSER_BY_ID.match(path) else None
 
 
 def deleted_browser_key(method: str, path: str) -> str | None:
@@ -80,7 +81,9 @@ def deleted_browser_key(method: str, path: str) -> str | None:
     if method != "DELETE":
         return None
     m = _BROWSER_BY_ID.match(path)
-    return unquote(m.group(1)).strip() or None if m else None
+    if m is None:
+        return None
+    return unquote(m.group(1)).strip() or None
 
 
 def is_pool_release(method: str, path: str) -> bool:

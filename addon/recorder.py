@@ -73,9 +73,9 @@ class DecisionRecorder:
             "jwt": redact(route.jwt),
         }
         if flow is not None:
-            change["flow_id"] = flow.id
-            change["url"] = redact_url(flow.request.url)
             record = record_of(flow)
+            change["flow_id"] = flow.id
+            change["url"] = record["url"] if record else redact_url(flow.request.url)
             if record is not None:
                 record.setdefault("cache", []).append(
                     {k: change[k] for k in ("decision", "reason", "session_id")}

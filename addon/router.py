@@ -146,9 +146,9 @@ class BrowserRouting:
             session_id = body.get("session_id") if isinstance(body, dict) else None
             if isinstance(session_id, str) and session_id.strip():
                 self.evict(session_id, "pool_release", flow)
-        elif paths.is_route_source(method, path) and is_json(flow.response.headers):
+        elif (source := paths.route_source(method, path)) and is_json(flow.response.headers):
             for route in routes_from_json(json_body(flow.response)):
-                self.add(route, "learned", flow)
+                self.add(route, source, flow)
 
     def add(self, route: Route, reason: str, flow: http.HTTPFlow | None = None) -> str | None:
         """Cache a route unless its base_url is refused; returns the refusal reason."""

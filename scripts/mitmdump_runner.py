@@ -1,0 +1,117 @@
+"""Runs a real `mitmdump -s addon/browser_routing.py` on loopback, for tests and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRY = ROOT / "addon" / "browser_routing.py"
+_LISTENING = re.compile(r"listening at \*?([\d.]+):(\d+)")
+
+
+class Mitmdump:
+    """`mitmdump` with the addon, listening on 127.0.0.1 on a free port.
+
+    `options` become `--set name=value`; the decision log goes to `self.log_path`.
+    """
+
+    def __init__(self, options: dict[str, str], *, tool: str = "mitmdump", extra_args: tuple[str, ...] = ()):
+        self.workdir = Path(tempfile.mkdtemp(prefix="browserrouting-"))
+        self.log_path = self.workdir / "decisions.jsonl"
+        self.options = {"browserrouting_log": str(self.log_path), "confdir": str(self.workdir), **options}
+        self.tool = tool
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        """mitmproxy's CA, which clients trust to talk HTTPS through the proxy."""
+        return self.workdir / "mitmproxy-ca-cert.pem"
+
+    def start(self, timeout: float = 20) -> Mitmdump:
+        exe = Path(sys.executable).parent / self.tool
+        args = [str(exe), "--listen-host", "127.0.0.1", "-p", "0", "-s", str(ENTRY)]
+        for name, value in self.options.items():
+            args += ["--set", f"{name}={value}"]
+        self.process = subprocess.Popen(
+            [*args, *self.extra_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._read_output, args=(ready,), daemon=True).start()
+        # The script loads (and its options are checked) before the proxy says it listens.
+        if not ready.wait(timeout) or not self.port or any("error in script" in x for x in self.output):
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.stop()
+            raise RuntimeError(f"{self.tool} did not start:\n" + "".join(self.output))
+        return self
+
+    def _read_output(self, ready: threading.Event) -> None:
+        assert self.process and self.process.stdout
+        for line in self.process.stdout:
+            self.output.append(line)
+            if not self.port and (m := _LISTENING.search(line)):
+                self.port = int(m.group(2))
+                ready.set()
+        ready.set()  # exited before listening
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def records(
+        self,
+        decision: str | None = None,
+        session_id: str | None = None,
+        wait_for: int = 1,
+        timeout: float = 5,
+    ) -> list[dict[str, Any]]:
+        """Lines of the decision log, of one decision and session if given, waiting for `wait_for` of them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
+            found = [
+                r
+                for r in map(json.loads, lines)
+                if decision in (None, r["decision"]) and session_id in (None, r["session_id"])
+            ]
+            if len(found) >= wait_for or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    def __enter__(self) -> Mitmdump:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
