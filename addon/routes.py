@@ -18,7 +18,7 @@ class Route:
 
 def redact(secret: str) -> str:
     """A short prefix, enough to tell two tokens apart in a log, useless to replay."""
-    return secret[:6] + "…" if secret else ""
+    return secret[: min(6, len(secret) // 3)] + "…" if secret else ""
 
 
 def jwt_from_cdp_ws_url(cdp_ws_url: str) -> str | None:
@@ -99,8 +99,8 @@ class RouteCache:
         old = self._routes.get(route.session_id)
         if old == route:
             return False
-        if old is not None and old.name is not None:
-            self._ids_by_name.pop(old.name, None)
+        if old is not None:
+            self._forget_name(old)
         self._routes[route.session_id] = route
         if route.name is not None:
             self._ids_by_name[route.name] = route.session_id
@@ -109,9 +109,14 @@ class RouteCache:
     def evict(self, key: str) -> Route | None:
         """Drop the route found by id or name, under both keys."""
         route = self._routes.pop(self._resolve(key), None)
-        if route is not None and route.name is not None:
-            self._ids_by_name.pop(route.name, None)
+        if route is not None:
+            self._forget_name(route)
         return route
+
+    def _forget_name(self, route: Route) -> None:
+        """Drop the route's name unless a newer browser has taken it."""
+        if route.name is not None and self._ids_by_name.get(route.name) == route.session_id:
+            del self._ids_by_name[route.name]
 
     def clear(self) -> None:
         self._routes.clear()

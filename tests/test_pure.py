@@ -1,0 +1,618 @@
+"""Unit tests of the pure modules: paths, routes, fallback, decisions (no mitmproxy flows)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy.utils.emoji import emoji
+
+from addon import paths
+from addon.decisions import COMMENT_PREFIX, MARKERS, JsonLinesLog, comment, redact_url, summary
+from addon.fallback import MAX_GONE_BODY, is_browser_gone, no_fallback_reason
+from addon.paths import (
+    SubresourcePath,
+    deleted_browser_key,
+    is_allowlisted,
+    is_fallback_eligible,
+    is_pool_release,
+    normalize_tail,
+    parse_host_globs,
+    parse_list,
+    parse_origins,
+    parse_path_entries,
+    parse_subresource_path,
+    route_source,
+    split_path,
+)
+from addon.routes import (
+    Route,
+    RouteCache,
+    jwt_from_cdp_ws_url,
+    redact,
+    refusal_reason,
+    route_from_object,
+    routes_from_json,
+)
+
+BASE = "https://proxy.iad.vm.test:8443/browser/kernel"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzaWQiOiJzMSJ9.signature-SECRET"
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "tail"),
+    [
+        ("/browsers/abc/fs/read", "abc", "fs/read"),
+        ("/browsers/abc/curl", "abc", "curl"),
+        ("/v1/browsers/abc/telemetry/events", "abc", "telemetry/events"),
+        ("/v12/browsers/abc/telemetry/stream/", "abc", "telemetry/stream/"),
+        ("/browsers/my%20browser/fs", "my browser", "fs"),
+        ("/browsers/a%2Fb/fs", "a/b", "fs"),
+        ("/browsers/s%69d/process/x", "sid", "process/x"),
+        # the tail stays raw: percent-encoding is not decoded
+        ("/browsers/abc/fs/file%20name%3F.txt", "abc", "fs/file%20name%3F.txt"),
+    ],
+)
+def test_parse_subresource_path(path: str, key: str, tail: str) -> None:
+    assert parse_subresource_path(path) == SubresourcePath(session_key=key, tail=tail)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/browsers",
+        "/browsers/",
+        "/browsers/x",
+        "/browsers/x/",
+        "/v1/browsers/x",
+        "/v1/browsers",
+        "/browsers//fs",
+        "/browsers/%20/fs",  # an id that is blank once decoded
+        "/profiles/x/fs",
+        "/api/browsers/x/fs",
+        "/vx/browsers/x/fs",
+        "/browser_pools/p/acquire",
+    ],
+)
+def test_parse_subresource_path_no_match(path: str) -> None:
+    assert parse_subresource_path(path) is None
+
+
+def test_split_path_keeps_query_raw() -> None:
+    assert split_path("/browsers/a/fs?path=%2Ftmp&x") == ("/browsers/a/fs", "path=%2Ftmp&x")
+    assert split_path("/browsers") == ("/browsers", "")
+
+
+@pytest.mark.parametrize(
+    ("tail", "normalised"),
+    [("a/b", "a/b"), ("/a//b/", "a/b"), ("a", "a"), ("//", ""), ("a/%2F/b", "a/%2F/b")],
+)
+def test_normalize_tail(tail: str, normalised: str) -> None:
+    assert normalize_tail(tail) == normalised
+
+
+@pytest.mark.parametrize(
+    ("tail", "prefixes", "covered"),
+    [
+        ("telemetry/events", ("telemetry",), True),
+        ("telemetry/stream", ("telemetry",), True),
+        ("telemetry", ("telemetry",), True),
+        ("telemetryx", ("telemetry",), False),
+        ("telemetry/stream", ("telemetry/stream",), True),
+        ("telemetry/stream/x", ("telemetry/stream",), True),
+        ("telemetry/stream/", ("telemetry/stream",), True),
+        ("telemetry/events", ("telemetry/stream",), False),
+        ("telemetry/streamx", ("telemetry/stream",), False),
+        ("telemetry", ("telemetry/stream",), False),
+        ("curl", ("fs", "curl"), True),
+        ("curlx", ("fs", "curl"), False),
+        ("fs/a/b", ("fs", "curl"), True),
+        ("fs", (), False),
+    ],
+)
+def test_is_allowlisted_segment_boundary(tail: str, prefixes: tuple[str, ...], covered: bool) -> None:
+    assert is_allowlisted(tail, prefixes) is covered
+
+
+@pytest.mark.parametrize(
+    ("tail", "eligible"),
+    [
+        ("telemetry/events", True),
+        ("telemetry/events/", True),
+        ("/telemetry//events", True),
+        ("telemetry/events/x", False),
+        ("telemetry", False),
+        ("telemetry/eventsx", False),
+        ("telemetry/stream", False),
+    ],
+)
+def test_is_fallback_eligible_exact_after_normalisation(tail: str, eligible: bool) -> None:
+    assert is_fallback_eligible(tail, ("telemetry/events",)) is eligible
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "source"),
+    [
+        ("POST", "/browsers", "create"),
+        ("GET", "/browsers", "list"),
+        ("GET", "/v1/browsers/", "list"),
+        ("GET", "/browsers/abc", "retrieve"),
+        ("GET", "/v1/browsers/abc/", "retrieve"),
+        ("POST", "/browser_pools/pool-1/acquire", "pool_acquire"),
+        ("POST", "/v1/browser_pools/pool-1/acquire", "pool_acquire"),
+        ("GET", "/browser_pools/pool-1/acquire", None),
+        ("POST", "/browsers/abc", None),
+        ("PUT", "/browsers", None),
+        ("DELETE", "/browsers", None),
+        ("DELETE", "/browsers/abc", None),
+        ("GET", "/browsers/abc/fs", None),
+        ("POST", "/browser_pools/pool-1/release", None),
+    ],
+)
+def test_route_source(method: str, path: str, source: str | None) -> None:
+    assert route_source(method, path) == source
+
+
+def test_deleted_browser_key() -> None:
+    assert deleted_browser_key("DELETE", "/browsers/abc") == "abc"
+    assert deleted_browser_key("DELETE", "/v1/browsers/my%20name/") == "my name"
+    assert deleted_browser_key("GET", "/browsers/abc") is None
+    assert deleted_browser_key("DELETE", "/browsers") is None
+    assert deleted_browser_key("DELETE", "/browsers/abc/fs") is None
+    assert deleted_browser_key("DELETE", "/browsers/%20") is None
+
+
+def test_is_pool_release() -> None:
+    assert is_pool_release("POST", "/browser_pools/p/release")
+    assert is_pool_release("POST", "/v1/browser_pools/p/release/")
+    assert not is_pool_release("GET", "/browser_pools/p/release")
+    assert not is_pool_release("POST", "/browser_pools/p/acquire")
+
+
+def test_parse_list_skips_empty_entries() -> None:
+    assert parse_list(" a, ,b,,  c ,") == ["a", "b", "c"]
+    assert parse_list("") == []
+    assert parse_list(" , ,") == []
+
+
+def test_parse_path_entries_normalises_and_skips_empty() -> None:
+    assert parse_path_entries("curl,, telemetry/stream/ , /fs//x,") == ("curl", "telemetry/stream", "fs/x")
+    assert parse_path_entries("") == ()
+
+
+@pytest.mark.parametrize("bad", ["te lemetry", "fs?x", "fs#x", 'a"b', "a<b", "/", "fs\\x", "a\tb"])
+def test_parse_path_entries_rejects_bad_entry_naming_it(bad: str) -> None:
+    with pytest.raises(ValueError) as e:
+        parse_path_entries(f"curl,{bad},fs")
+    assert repr(bad) in str(e.value)
+
+
+def test_parse_origins() -> None:
+    assert parse_origins("https://api.example.test") == (("https", "api.example.test", 443),)
+    assert parse_origins(" https://API.Example.test:8443/ ,, http://cp.test ") == (
+        ("https", "api.example.test", 8443),
+        ("http", "cp.test", 80),
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "api.example.test",
+        "https://",
+        "ftp://api.example.test",
+        "https://api.example.test/v1",
+        "https://api.example.test?x=1",
+        "https://user@api.example.test",
+        "https://api.example.test:notaport",
+        "https://api.example.test:99999",
+    ],
+)
+def test_parse_origins_rejects_bad_entry_naming_it(bad: str) -> None:
+    with pytest.raises(ValueError) as e:
+        parse_origins(f"https://ok.test,{bad}")
+    assert repr(bad) in str(e.value)
+
+
+def test_parse_origins_requires_one() -> None:
+    with pytest.raises(ValueError):
+        parse_origins(" , ")
+
+
+def test_parse_host_globs() -> None:
+    assert parse_host_globs("*.vm.test, ,Proxy.EXAMPLE.test,*") == ("*.vm.test", "proxy.example.test", "*")
+    for bad in ("a b", "a/b", "*.vm.test:8443/x"):
+        with pytest.raises(ValueError) as e:
+            parse_host_globs(f"*.ok.test,{bad}")
+        assert repr(bad) in str(e.value)
+
+
+def test_defaults_pinned() -> None:
+    assert paths.DEFAULT_SUBRESOURCES == "curl,telemetry/stream,computer,playwright,process,fs,logs/stream"
+    assert paths.SUBRESOURCES_ENV == "KERNEL_BROWSER_ROUTING_SUBRESOURCES"
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def test_route_from_object_jwt_field_trimmed_but_not_decoded() -> None:
+    obj: dict[object, object] = {
+        "session_id": " s1 ",
+        "base_url": f" {BASE}/ ",
+        "jwt": " tok%2Bx ",
+        "name": " my-browser ",
+    }
+    assert route_from_object(obj) == Route("s1", BASE, "tok%2Bx", "my-browser")
+
+
+def test_route_from_object_jwt_from_cdp_ws_url_is_query_decoded() -> None:
+    obj: dict[object, object] = {
+        "session_id": "s1",
+        "base_url": BASE,
+        "cdp_ws_url": "wss://cdp.vm.test/devtools?a=1&jwt=tok%2Bx",
+    }
+    route = route_from_object(obj)
+    assert route is not None
+    assert route.jwt == "tok+x"
+    assert route.name is None
+
+
+def test_route_from_object_jwt_field_wins_over_cdp_ws_url() -> None:
+    obj: dict[object, object] = {
+        "session_id": "s1",
+        "base_url": BASE,
+        "jwt": "field",
+        "cdp_ws_url": "wss://x.test/?jwt=query",
+    }
+    assert route_from_object(obj) == Route("s1", BASE, "field")
+
+
+def test_route_from_object_blank_jwt_field_uses_cdp_ws_url() -> None:
+    obj: dict[object, object] = {
+        "session_id": "s1",
+        "base_url": BASE,
+        "jwt": "  ",
+        "cdp_ws_url": "wss://x.test/?jwt=query",
+    }
+    assert route_from_object(obj) == Route("s1", BASE, "query")
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"base_url": BASE, "jwt": JWT},
+        {"session_id": "s1", "jwt": JWT},
+        {"session_id": "s1", "base_url": BASE},
+        {"session_id": 7, "base_url": BASE, "jwt": JWT},
+        {"session_id": "s1", "base_url": ["x"], "jwt": JWT},
+        {"session_id": "s1", "base_url": BASE, "jwt": 12},
+        {"session_id": "s1", "base_url": BASE, "cdp_ws_url": 12},
+        {"session_id": "s1", "base_url": BASE, "cdp_ws_url": "wss://x.test/devtools"},
+        {"session_id": "s1", "base_url": BASE, "cdp_ws_url": "wss://x.test/?jwt="},
+        {"session_id": "  ", "base_url": BASE, "jwt": JWT},
+        {"session_id": "s1", "base_url": " / ", "jwt": JWT},
+        {"session_id": None, "base_url": None, "jwt": None},
+    ],
+)
+def test_route_from_object_missing_or_mistyped_is_skipped(obj: dict[object, object]) -> None:
+    assert route_from_object(obj) is None
+
+
+def test_route_from_object_mistyped_name_dropped() -> None:
+    assert route_from_object({"session_id": "s1", "base_url": BASE, "jwt": JWT, "name": 3}) == Route(
+        "s1", BASE, JWT, None
+    )
+
+
+def test_jwt_from_cdp_ws_url() -> None:
+    assert jwt_from_cdp_ws_url("wss://x.test/devtools/browser?jwt=abc.def") == "abc.def"
+    assert jwt_from_cdp_ws_url("wss://x.test/?jwt=%20pad%20") == "pad"
+    assert jwt_from_cdp_ws_url("wss://x.test/?token=abc") is None
+    assert jwt_from_cdp_ws_url("wss://[::1/?jwt=abc") is None  # unparseable URL
+
+
+def test_routes_from_json_nested_everywhere() -> None:
+    doc = {
+        "items": [
+            {"session_id": "a", "base_url": BASE, "jwt": "ja"},
+            {"session_id": "broken", "base_url": 3, "jwt": "x"},
+            "garbage",
+            None,
+            [{"session_id": "b", "base_url": BASE, "cdp_ws_url": "wss://x.test/?jwt=jb"}],
+        ],
+        "pool": {"lease": {"browser": {"session_id": "c", "base_url": BASE, "jwt": "jc", "name": "named"}}},
+        "has_more": False,
+    }
+    routes = routes_from_json(doc)
+    assert sorted(routes, key=lambda r: r.session_id) == [
+        Route("a", BASE, "ja"),
+        Route("b", BASE, "jb"),
+        Route("c", BASE, "jc", "named"),
+    ]
+
+
+def test_routes_from_json_top_level_list_and_scalars() -> None:
+    assert routes_from_json([{"session_id": "a", "base_url": BASE, "jwt": "j"}]) == [Route("a", BASE, "j")]
+    assert routes_from_json(None) == []
+    assert routes_from_json("text") == []
+    assert routes_from_json(42) == []
+    assert routes_from_json({"data": []}) == []
+
+
+@pytest.mark.parametrize(
+    ("base_url", "reason"),
+    [
+        (BASE, None),
+        ("https://PROXY.IAD.VM.TEST/browser/kernel", None),
+        ("http://a.b.vm.test", None),
+        ("https://evil.test/browser/kernel", "vm_host"),
+        ("https://vm.test.evil.test/", "vm_host"),
+        ("https://vm.test/", "vm_host"),  # `*.vm.test` needs a subdomain
+        ("ftp://proxy.vm.test/x", "scheme"),
+        ("proxy.vm.test/browser", "scheme"),
+        ("wss://proxy.vm.test/", "scheme"),
+        ("https:///nohost", "scheme"),
+    ],
+)
+def test_refusal_reason(base_url: str, reason: str | None) -> None:
+    assert refusal_reason(base_url, ("*.vm.test",)) == reason
+
+
+def test_refusal_reason_star_allows_any_host_not_any_scheme() -> None:
+    assert refusal_reason("https://anything.example", ("*",)) is None
+    assert refusal_reason("file:///etc/passwd", ("*",)) == "scheme"
+
+
+def test_redact() -> None:
+    assert redact(JWT) == JWT[:6] + "…"
+    assert JWT not in redact(JWT)
+    assert redact("") == ""
+
+
+@pytest.mark.parametrize("secret", ["tok+x", "abcdef"])
+def test_redact_short_secret_not_in_clear(secret: str) -> None:
+    assert secret not in redact(secret)
+
+
+# --------------------------------------------------------------------------- RouteCache
+
+
+def test_route_cache_by_id_and_by_name() -> None:
+    cache = RouteCache()
+    route = Route("s1", BASE, JWT, "my-browser")
+    assert cache.put(route) is True
+    assert cache.put(route) is False  # unchanged
+    assert cache.get("s1") == route
+    assert cache.get(" s1 ") == route
+    assert cache.get("my-browser") == route
+    assert cache.get("other") is None
+    assert len(cache) == 1
+    assert list(cache) == [route]
+
+
+def test_route_cache_put_changed_route_replaces_it() -> None:
+    cache = RouteCache()
+    cache.put(Route("s1", BASE, "old", "n1"))
+    assert cache.put(Route("s1", BASE, "new", "n2")) is True
+    assert cache.get("s1") == Route("s1", BASE, "new", "n2")
+    assert cache.get("n2") == Route("s1", BASE, "new", "n2")
+    assert cache.get("n1") is None  # the old name no longer resolves
+    assert len(cache) == 1
+
+
+@pytest.mark.parametrize("key", ["s1", "my-browser"])
+def test_route_cache_evict_drops_both_keys(key: str) -> None:
+    cache = RouteCache()
+    cache.put(Route("s1", BASE, JWT, "my-browser"))
+    cache.put(Route("s2", BASE, JWT))
+    assert cache.evict(key) == Route("s1", BASE, JWT, "my-browser")
+    assert cache.get("s1") is None
+    assert cache.get("my-browser") is None
+    assert cache.get("s2") == Route("s2", BASE, JWT)
+    assert cache.evict(key) is None
+    assert len(cache) == 1
+
+
+def test_route_cache_clear() -> None:
+    cache = RouteCache()
+    cache.put(Route("s1", BASE, JWT, "n"))
+    cache.clear()
+    assert len(cache) == 0
+    assert cache.get("n") is None
+
+
+def test_route_cache_evicting_stale_owner_of_reused_name_keeps_new_owner() -> None:
+    cache = RouteCache()
+    cache.put(Route("old", BASE, "j1", "shared-name"))
+    cache.put(Route("new", BASE, "j2", "shared-name"))  # the name now resolves to "new"
+    assert cache.get("shared-name") == Route("new", BASE, "j2", "shared-name")
+    cache.evict("old")  # e.g. the stale browser answered browser_gone
+    assert cache.get("shared-name") == Route("new", BASE, "j2", "shared-name")
+
+
+def test_route_cache_renaming_stale_owner_of_reused_name_keeps_new_owner() -> None:
+    cache = RouteCache()
+    cache.put(Route("old", BASE, "j1", "shared-name"))
+    cache.put(Route("new", BASE, "j2", "shared-name"))
+    cache.put(Route("old", BASE, "j1", "renamed"))
+    assert cache.get("renamed") == Route("old", BASE, "j1", "renamed")
+    assert cache.get("shared-name") == Route("new", BASE, "j2", "shared-name")
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+def test_is_browser_gone_true() -> None:
+    assert is_browser_gone(b'{"code":"browser_gone","message":"browser not found"}')
+    assert is_browser_gone(b' {"code": "browser_gone"} ')
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        b"",
+        b"browser_gone",
+        b"<html>404 browser_gone</html>",
+        b'[{"code":"browser_gone"}]',
+        b'"browser_gone"',
+        b'{"code":1}',
+        b'{"code":null}',
+        b'{"code":["browser_gone"]}',
+        b'{"code":"not_found"}',
+        b'{"code":"BROWSER_GONE"}',
+        b'{"error":{"code":"browser_gone"}}',
+        b'{"code":"browser_gone"',
+        b"\xff\xfe{",
+    ],
+)
+def test_is_browser_gone_false(body: bytes | None) -> None:
+    assert is_browser_gone(body) is False
+
+
+def _gone_body_of_size(size: int) -> bytes:
+    head = b'{"code":"browser_gone","pad":"'
+    tail = b'"}'
+    body = head + b"x" * (size - len(head) - len(tail)) + tail
+    assert len(body) == size
+    return body
+
+
+def test_is_browser_gone_size_bound() -> None:
+    assert is_browser_gone(_gone_body_of_size(MAX_GONE_BODY)) is True
+    assert is_browser_gone(_gone_body_of_size(MAX_GONE_BODY + 1)) is False
+
+
+GONE = b'{"code":"browser_gone"}'
+
+
+@pytest.mark.parametrize(
+    ("method", "eligible", "status", "body", "reason"),
+    [
+        ("GET", True, 404, GONE, None),
+        # vm_error first, whatever else holds
+        ("POST", False, None, None, "vm_error"),
+        ("GET", True, None, GONE, "vm_error"),
+        # then not_get
+        ("POST", True, 404, GONE, "not_get"),
+        ("HEAD", False, 502, None, "not_get"),
+        ("DELETE", True, 404, GONE, "not_get"),
+        # then not_eligible
+        ("GET", False, 404, GONE, "not_eligible"),
+        ("GET", False, 502, None, "not_eligible"),
+        # then status
+        ("GET", True, 403, GONE, "status"),
+        ("GET", True, 502, GONE, "status"),
+        ("GET", True, 410, GONE, "status"),
+        # then not_browser_gone
+        ("GET", True, 404, b'{"code":"nope"}', "not_browser_gone"),
+        ("GET", True, 404, None, "not_browser_gone"),
+    ],
+)
+def test_no_fallback_reason_order(
+    method: str, eligible: bool, status: int | None, body: bytes | None, reason: str | None
+) -> None:
+    assert no_fallback_reason(method, eligible, status, body) == reason
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def test_redact_url_cuts_jwt_keeps_others() -> None:
+    url = f"https://proxy.vm.test/browser/kernel/fs?b=2&jwt={JWT}&a=1&b=3"
+    out = redact_url(url)
+    assert out == f"https://proxy.vm.test/browser/kernel/fs?b=2&jwt={redact(JWT)}&a=1&b=3"
+    assert JWT not in out
+
+
+def test_redact_url_encoded_key_and_value() -> None:
+    out = redact_url("https://x.test/p?j%77t=eyJhbG%2BciOiJSUzI1NiJ9secretpart&x=%2F")
+    assert "secretpart" not in out
+    assert out.endswith("&x=%2F")
+    assert out.startswith("https://x.test/p?j%77t=eyJhbG")
+
+
+def test_redact_url_without_jwt_unchanged() -> None:
+    for url in ("https://x.test/p", "https://x.test/p?a=1&jwtx=keep&xjwt=keep", "https://x.test/p?jwt"):
+        assert redact_url(url) == url
+
+
+def test_markers_are_mitmproxy_emoji_keys() -> None:
+    assert set(MARKERS) == {"routed", "passthrough", "fallback", "no_fallback", "reissue"}
+    for marker in MARKERS.values():
+        assert marker in emoji
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        (
+            {"decision": "routed", "vm_host": "proxy.vm.test:8443", "vm_status": 200, "session_id": "s1"},
+            "routed to VM proxy.vm.test:8443 (200) [s1]",
+        ),
+        (
+            {"decision": "passthrough", "reason": "no_route", "cp_status": 200},
+            "passthrough (no_route), CP 200",
+        ),
+        (
+            {"decision": "fallback", "vm_status": 404, "cp_status": 200, "session_id": "s1"},
+            "fallback: VM 404 browser_gone, CP re-issue 200 [s1]",
+        ),
+        ({"decision": "fallback", "vm_status": 404}, "fallback: VM 404 browser_gone, CP re-issue failed"),
+        ({"decision": "no_fallback", "reason": "vm_error"}, "no_fallback (vm_error), VM no answer"),
+        ({"decision": "no_fallback", "reason": "status", "vm_status": 502}, "no_fallback (status), VM 502"),
+        ({"decision": "reissue", "serves": "f-1", "cp_status": 200}, "reissue for flow f-1, CP 200"),
+    ],
+)
+def test_summary(record: dict[str, Any], expected: str) -> None:
+    assert summary(record) == COMMENT_PREFIX + expected
+
+
+def test_comment_first_line_is_summary_then_fields() -> None:
+    record = {
+        "decision": "no_fallback",
+        "reason": "status",
+        "session_id": "s1",
+        "method": "GET",
+        "url": "https://api.example.test/browsers/s1/fs",
+        "vm_status": 502,
+        "error": None,
+        "cache": [{"decision": "route_evicted", "session_id": "s1", "reason": "delete"}],
+    }
+    lines = comment(record).splitlines()
+    assert lines[0] == summary(record)
+    assert "reason: status" in lines
+    assert "vm_status: 502" in lines
+    assert "cache: route_evicted s1 (delete)" in lines
+    assert not any(line.startswith("error:") for line in lines)
+
+
+def test_json_lines_log(tmp_path: Path) -> None:
+    log = JsonLinesLog()
+    log.write({"decision": "lost"})  # off: nothing, no error
+    path = tmp_path / "log.jsonl"
+    log.open(str(path))
+    log.write({"decision": "routed", "n": 1})
+    log.write({"decision": "passthrough", "n": 2})
+    log.open("")
+    log.write({"decision": "lost"})
+    log.close()
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [(line["decision"], line["n"]) for line in lines] == [("routed", 1), ("passthrough", 2)]
+    assert all(isinstance(line["ts"], float) for line in lines)
+
+
+def test_json_lines_log_bad_path_raises_and_keeps_old(tmp_path: Path) -> None:
+    log = JsonLinesLog()
+    good = tmp_path / "good.jsonl"
+    log.open(str(good))
+    with pytest.raises(OSError):
+        log.open(str(tmp_path / "missing-dir" / "x.jsonl"))
+    log.write({"decision": "kept"})
+    log.close()
+    assert json.loads(good.read_text(encoding="utf-8"))["decision"] == "kept"
