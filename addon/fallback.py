@@ -15,7 +15,7 @@ def is_browser_gone(body: bytes | None) -> bool:
         return False
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return False
     return isinstance(doc, dict) and doc.get("code") == "browser_gone"
 

@@ -38,7 +38,7 @@ def json_body(message: http.Message) -> object:
     """The message's JSON body, or None when it is absent, not decodable or not JSON."""
     try:
         return json.loads(message.get_content(strict=True) or b"")
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

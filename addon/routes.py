@@ -72,6 +72,8 @@ def refusal_reason(base_url: str, vm_hosts: tuple[str, ...]) -> str | None:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
         return "base_url"
+    if any(c.isspace() or not c.isprintable() for c in base_url):
+        return "base_url"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "scheme"
     host = parts.hostname.lower()

@@ -10,12 +10,14 @@ import asyncio
 import json
 import subprocess
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from conftest import API_KEY, proxy_options
 from mitmdump_runner import Mitmdump
+from mitmproxy import http, io
 from simulator import Simulator
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -297,3 +299,25 @@ def test_upstream_proxy_mode_carries_the_reissue(sim: Simulator) -> None:
             assert proxy.records("fallback", sid)[-1]["cp_status"] == 200
         seen = upstream.records("passthrough", sid)
         assert [r["url"] for r in seen] == [events_url(sim, sid)]
+
+
+def test_reissue_is_a_flow_of_its_own_in_saved_flows(sim: Simulator, tmp_path: Path) -> None:
+    """What the view and `-w` see: the re-issue is its own flow, linked both ways."""
+    flows_file = tmp_path / "flows.mitm"
+    with Mitmdump(proxy_options(sim, save_stream_file=str(flows_file))) as proxy:
+        sid = create_browser(proxy, sim)["session_id"]
+        sim.kill_on_vm(sid)
+        with client(proxy) as c:
+            assert c.get(events_url(sim, sid)).status_code == 200
+        proxy.records("fallback", sid)
+    with flows_file.open("rb") as f:
+        flows = [fl for fl in io.FlowReader(f).stream() if isinstance(fl, http.HTTPFlow)]
+    by_decision = {fl.metadata["browserrouting"]["decision"]: fl for fl in flows}
+    original, reissue = by_decision["fallback"], by_decision["reissue"]
+    assert reissue.id != original.id and reissue.is_replay == "request"
+    assert reissue.metadata["browserrouting"]["serves"] == original.id
+    assert original.metadata["browserrouting"]["reissue_flow"] == reissue.id
+    assert reissue.request.url == events_url(sim, sid)
+    assert reissue.request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert original.response is not None and original.response.status_code == 200
+    assert original.marked == ":arrows_counterclockwise:" and reissue.marked == ":leftwards_arrow_with_hook:"
