@@ -11,6 +11,8 @@ _root = str(Path(__file__).resolve().parent.parent)
 if _root not in sys.path:
     sys.path.insert(0, _root)
 
+from addon.commands import RouteCommands  # noqa: E402
+from addon.persistence import RoutesFile  # noqa: E402
 from addon.recorder import DecisionRecorder  # noqa: E402
 from addon.reissue import ControlPlaneFallback  # noqa: E402
 from addon.router import BrowserRouting  # noqa: E402
@@ -18,4 +20,12 @@ from addon.router import BrowserRouting  # noqa: E402
 recorder = DecisionRecorder()
 router = BrowserRouting(recorder)
 
-addons = [router, ControlPlaneFallback(router, recorder), recorder]
+# Order matters: the router decides before the fallback acts, the routes file loads
+# after the router knows which VM hosts are allowed, and the recorder logs last.
+addons = [
+    router,
+    RoutesFile(router),
+    ControlPlaneFallback(router, recorder),
+    RouteCommands(router, recorder),
+    recorder,
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -25,6 +26,8 @@ class DecisionRecorder:
 
     def __init__(self) -> None:
         self.log = JsonLinesLog()
+        self.decisions: Counter[str] = Counter()  # final flow decisions and cache changes
+        self.outbound: Counter[str] = Counter()  # requests sent on, by upstream host:port
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -81,6 +84,7 @@ class DecisionRecorder:
                     {k: change[k] for k in ("decision", "reason", "session_id")}
                 )
                 flow.comment = comment(record)
+        self.decisions[decision] += 1
         level = logging.WARNING if decision == "route_refused" else logging.INFO
         logger.log(level, f"{decision} {route.session_id} -> {route.base_url} ({reason})")
         self.log.write(change)
@@ -94,6 +98,8 @@ class DecisionRecorder:
     def _final(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         if record is not None:
+            self.decisions[record["decision"]] += 1
+            self.outbound[f"{flow.request.host}:{flow.request.port}"] += 1
             self.log.write(record)
 
     def done(self) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -88,6 +89,11 @@ class RouteCache:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
         self._ids_by_name: dict[str, str] = {}
+        self.on_change: Callable[[], None] | None = None  # e.g. persist the cache
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _resolve(self, key: str) -> str:
         key = key.strip()
@@ -106,6 +112,7 @@ class RouteCache:
         self._routes[route.session_id] = route
         if route.name is not None:
             self._ids_by_name[route.name] = route.session_id
+        self._changed()
         return True
 
     def evict(self, key: str) -> Route | None:
@@ -113,6 +120,7 @@ class RouteCache:
         route = self._routes.pop(self._resolve(key), None)
         if route is not None:
             self._forget_name(route)
+            self._changed()
         return route
 
     def _forget_name(self, route: Route) -> None:
@@ -120,12 +128,26 @@ class RouteCache:
         if route.name is not None and self._ids_by_name.get(route.name) == route.session_id:
             del self._ids_by_name[route.name]
 
-    def clear(self) -> None:
-        self._routes.clear()
-        self._ids_by_name.clear()
-
     def __iter__(self) -> Iterator[Route]:
         return iter(list(self._routes.values()))
 
     def __len__(self) -> int:
         return len(self._routes)
+
+
+def dump_routes(routes: Iterable[Route]) -> str:
+    """The routes file's text: it holds jwts, so whoever writes it keeps it private."""
+    return json.dumps({"routes": [asdict(r) for r in routes]}, indent=1) + "\n"
+
+
+def load_routes(text: str) -> tuple[list[Route], int]:
+    """Routes from a routes file's text, and how many entries were unusable.
+
+    ValueError when the text is not a routes document at all.
+    """
+    doc = json.loads(text)
+    entries = doc.get("routes") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError('not a routes file: want {"routes": [...]}')
+    routes = [r for e in entries if isinstance(e, dict) and (r := route_from_object(e))]
+    return routes, len(entries) - len(routes)

@@ -30,8 +30,10 @@ from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.utils.emoji import emoji
 
 import addon.reissue as reissue_mod
+from addon.commands import RouteCommands
 from addon.fallback import MAX_GONE_BODY
 from addon.paths import DEFAULT_SUBRESOURCES, SUBRESOURCES_ENV
+from addon.persistence import RoutesFile
 from addon.recorder import METADATA_KEY, DecisionRecorder
 from addon.reissue import ControlPlaneFallback
 from addon.router import BrowserRouting
@@ -1717,13 +1719,16 @@ async def test_secrets_never_in_clear(h: Harness, caplog: pytest.LogCaptureFixtu
 # =========================================================================== entry script
 
 
-def test_entry_script_builds_the_three_addons() -> None:
+def test_entry_script_wires_the_addons_in_hook_order() -> None:
     module = load_script(str(ROOT / "addon" / "browser_routing.py"))
     assert module is not None
-    router, fallback, recorder = module.addons
+    router, routes_file, fallback, commands, recorder = module.addons
     assert isinstance(router, BrowserRouting)
+    assert isinstance(routes_file, RoutesFile)
     assert isinstance(fallback, ControlPlaneFallback)
+    assert isinstance(commands, RouteCommands)
     assert isinstance(recorder, DecisionRecorder)
     assert router.recorder is recorder
+    assert routes_file.router is router and commands.router is router
     assert fallback.router is router
-    assert fallback.recorder is recorder
+    assert fallback.recorder is recorder and commands.recorder is recorder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from addon.paths import (
 from addon.routes import (
     Route,
     RouteCache,
+    dump_routes,
     jwt_from_cdp_ws_url,
+    load_routes,
     redact,
     refusal_reason,
     route_from_object,
@@ -418,12 +421,26 @@ def test_route_cache_evict_drops_both_keys(key: str) -> None:
     assert len(cache) == 1
 
 
-def test_route_cache_clear() -> None:
+def test_route_cache_reports_every_change_and_only_changes() -> None:
     cache = RouteCache()
+    changes: list[int] = []
+    cache.on_change = lambda: changes.append(len(cache))
     cache.put(Route("s1", BASE, JWT, "n"))
-    cache.clear()
-    assert len(cache) == 0
-    assert cache.get("n") is None
+    cache.put(Route("s1", BASE, JWT, "n"))  # the same route again: no change
+    cache.put(Route("s1", BASE, JWT + "x", "n"))
+    cache.evict("n")
+    cache.evict("n")  # nothing left to evict
+    assert changes == [1, 1, 0]
+
+
+def test_routes_file_round_trip_and_bad_entries() -> None:
+    routes = [Route("s1", BASE, JWT, "n"), Route("s2", BASE, JWT)]
+    assert load_routes(dump_routes(routes)) == (routes, 0)
+    text = json.dumps({"routes": [asdict(routes[0]), {"session_id": 3}, "x"]})
+    assert load_routes(text) == (routes[:1], 2)
+    for bad in ("[]", '{"routes": {}}', "{", ""):
+        with pytest.raises(ValueError):
+            load_routes(bad)
 
 
 def test_route_cache_evicting_stale_owner_of_reused_name_keeps_new_owner() -> None:

@@ -1,0 +1,65 @@
+"""Commands to see and steer the route cache, from mitmproxy's command bar and from scripts."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from mitmproxy import command, exceptions
+
+from .recorder import DecisionRecorder
+from .router import BrowserRouting
+from .routes import Route, redact
+
+logger = logging.getLogger(__name__)
+
+
+class RouteCommands:
+    def __init__(self, router: BrowserRouting, recorder: DecisionRecorder) -> None:
+        self.router = router
+        self.recorder = recorder
+
+    @command.command("browserrouting.routes")
+    def routes(self) -> str:
+        """The route cache as JSON, jwts redacted."""
+        return json.dumps(
+            [
+                {"session_id": r.session_id, "name": r.name, "base_url": r.base_url, "jwt": redact(r.jwt)}
+                for r in self.router.cache
+            ]
+        )
+
+    @command.command("browserrouting.add")
+    def add(self, session_id: str, base_url: str, jwt: str) -> None:
+        """Add a route, with the same checks as a learned one (browserrouting_vm_hosts)."""
+        route = Route(session_id.strip(), base_url.strip().rstrip("/"), jwt.strip())
+        if not (route.session_id and route.base_url and route.jwt):
+            raise exceptions.CommandError("browserrouting.add: SESSION, BASE_URL and JWT must not be empty")
+        if refusal := self.router.add(route, "command"):
+            raise exceptions.CommandError(f"browserrouting.add: {route.base_url} refused ({refusal})")
+
+    @command.command("browserrouting.evict")
+    def evict(self, session: str) -> None:
+        """Forget the route of a session, found by id or by browser name."""
+        if self.router.evict(session, "command") is None:
+            raise exceptions.CommandError(f"browserrouting.evict: no route for {session!r}")
+
+    @command.command("browserrouting.clear")
+    def clear(self) -> None:
+        """Forget every route."""
+        for route in self.router.cache:
+            self.router.evict(route.session_id, "clear")
+
+    @command.command("browserrouting.summary")
+    def summary(self) -> str:
+        """Counts per decision and outbound requests per upstream host, as JSON."""
+        return json.dumps(
+            {
+                "decisions": dict(sorted(self.recorder.decisions.items())),
+                "outbound": dict(sorted(self.recorder.outbound.items())),
+                "routes": len(self.router.cache),
+            }
+        )
+
+    def done(self) -> None:
+        logger.info(f"browserrouting summary: {self.summary()}")
