@@ -20,7 +20,6 @@ MARKERS = {
     "no_fallback": ":x:",
     "reissue": ":leftwards_arrow_with_hook:",
 }
-COMMENT_PREFIX = "browserrouting: "
 
 # Shown in the comment's detail lines in this order; anything else follows.
 _DETAIL_ORDER = (
@@ -44,7 +43,8 @@ def redact_url(url: str) -> str:
 
 
 def summary(record: dict[str, Any]) -> str:
-    """One line that says what happened to the flow."""
+    """One line that says what happened to the flow, starting with the decision, so that
+    mitmweb's narrow Comment column tells decisions apart."""
     d, reason = record["decision"], record.get("reason")
     vm, cp = record.get("vm_status"), record.get("cp_status")
     if d == "routed":
@@ -62,11 +62,13 @@ def summary(record: dict[str, Any]) -> str:
     else:
         text = f"{d} ({reason})" if reason else d
     session = record.get("session_id")
-    return COMMENT_PREFIX + text + (f" [{session}]" if session else "")
+    return text + (f" [{session}]" if session else "")
 
 
 def comment(record: dict[str, Any]) -> str:
-    """The summary line, then every field of the record, for mitmweb's Comment tab."""
+    """The summary line, then every field of the record, for mitmweb's Comment tab.
+
+    The tab folds newlines, so each field line starts with a separator of its own."""
     keys = [k for k in _DETAIL_ORDER if k in record] + sorted(k for k in record if k not in _DETAIL_ORDER)
     lines = [summary(record)]
     for key in keys:
@@ -75,7 +77,7 @@ def comment(record: dict[str, Any]) -> str:
             continue
         if key == "cache":
             value = "; ".join(f"{c['decision']} {c.get('session_id')} ({c.get('reason')})" for c in value)
-        lines.append(f"{key}: {value}")
+        lines.append(f"· {key}: {value}")
     return "\n".join(lines)
 
 

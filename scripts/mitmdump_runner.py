@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "addon" / "browser_routing.py"
 _LISTENING = re.compile(r"listening at \*?([\d.]+):(\d+)")
+_WEB_LISTENING = re.compile(r"Web server listening at (\S+)")
 
 
 class Mitmdump:
@@ -34,6 +36,7 @@ class Mitmdump:
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self.port = 0
+        self.web_url = ""  # mitmweb's UI address, with its access token
 
     @property
     def url(self) -> str:
@@ -73,6 +76,9 @@ class Mitmdump:
             self.output.append(line)
             if not self.port and (m := _LISTENING.search(line)):
                 self.port = int(m.group(2))
+            if not self.web_url and (m := _WEB_LISTENING.search(line)):
+                self.web_url = m.group(1)
+            if self.port and (self.web_url or self.tool != "mitmweb"):
                 ready.set()
         ready.set()  # exited before listening
 
@@ -111,7 +117,12 @@ class Mitmdump:
     def __enter__(self) -> Mitmdump:
         return self.start()
 
+    def cleanup(self) -> None:
+        """Stop, and remove the working folder (mitmproxy's CA, the decision log)."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
     def __exit__(
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        self.cleanup()

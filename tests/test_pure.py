@@ -11,7 +11,7 @@ import pytest
 from mitmproxy.utils.emoji import emoji
 
 from addon import paths
-from addon.decisions import COMMENT_PREFIX, MARKERS, JsonLinesLog, comment, redact_url, summary
+from addon.decisions import MARKERS, JsonLinesLog, comment, redact_url, summary
 from addon.fallback import MAX_GONE_BODY, is_browser_gone, no_fallback_reason
 from addon.paths import (
     SubresourcePath,
@@ -587,7 +587,7 @@ def test_markers_are_mitmproxy_emoji_keys() -> None:
     ],
 )
 def test_summary(record: dict[str, Any], expected: str) -> None:
-    assert summary(record) == COMMENT_PREFIX + expected
+    assert summary(record) == expected
 
 
 def test_comment_first_line_is_summary_then_fields() -> None:
@@ -603,10 +603,10 @@ def test_comment_first_line_is_summary_then_fields() -> None:
     }
     lines = comment(record).splitlines()
     assert lines[0] == summary(record)
-    assert "reason: status" in lines
-    assert "vm_status: 502" in lines
-    assert "cache: route_evicted s1 (delete)" in lines
-    assert not any(line.startswith("error:") for line in lines)
+    assert "· reason: status" in lines
+    assert "· vm_status: 502" in lines
+    assert "· cache: route_evicted s1 (delete)" in lines
+    assert not any(line.startswith("· error:") for line in lines)
 
 
 def test_json_lines_log(tmp_path: Path) -> None:
