@@ -71,7 +71,8 @@ class RoutesFile:
         except FileNotFoundError:
             return
         except (OSError, ValueError, RecursionError) as e:
-            logger.error(f"browserrouting_routes_file: ignoring {path}: {e}")
+            # A warning, not an error: mitmdump exits on errors logged at startup.
+            logger.warning(f"browserrouting_routes_file: ignoring {path}: {e}")
             return
         if unusable:
             logger.warning(f"browserrouting_routes_file: skipped {unusable} unusable entries in {path}")

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -299,8 +298,7 @@ def steps(stack: contextlib.ExitStack) -> int:
         print(f"demo: the simulator did not start: {exc}", file=sys.stderr)
         return 2
     proxy = Mitmdump(proxy_options(sim))
-    stack.callback(shutil.rmtree, proxy.workdir, True)
-    stack.callback(proxy.stop)
+    stack.callback(proxy.cleanup)
     try:
         proxy.start()
     except RuntimeError as exc:

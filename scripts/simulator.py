@@ -828,13 +828,7 @@ class Simulator:
     def _cp_list(self, h: _Handler, query: str) -> None:
         with self._lock:
             sessions = list(self._sessions.values())
-        items = [self._browser_obj(s) for s in sessions]
-        try:
-            page, headers = _page(items, query)
-        except ValueError as exc:
-            h.send_error_json(400, "bad_request", str(exc))
-            return
-        h.send_json(200, page, headers)
+        _send_page(h, [self._browser_obj(s) for s in sessions], query)
 
     def _cp_create(self, h: _Handler, body: bytes, pool: str | None) -> None:
         try:
@@ -1046,13 +1040,7 @@ class Simulator:
 
     def _send_events_page(self, h: _Handler, sess: _Session, query: str, origin: str) -> None:
         count = CP_EVENT_COUNT if origin == "control_plane" else VM_EVENT_COUNT
-        items = [_event(sess.session_id, seq, origin) for seq in range(1, count + 1)]
-        try:
-            page, headers = _page(items, query)
-        except ValueError as exc:
-            h.send_error_json(400, "bad_request", str(exc))
-            return
-        h.send_json(200, page, headers)
+        _send_page(h, [_event(sess.session_id, seq, origin) for seq in range(1, count + 1)], query)
 
 
 def _event(session_id: str, seq: int, origin: str) -> dict[str, Any]:
@@ -1095,6 +1083,15 @@ def _page(items: list[dict[str, Any]], query: str) -> tuple[list[dict[str, Any]]
     nxt = offset + len(page)
     more = nxt < len(items)
     return page, {"X-Has-More": "true" if more else "false", "X-Next-Offset": str(nxt if more else 0)}
+
+
+def _send_page(h: _Handler, items: list[dict[str, Any]], query: str) -> None:
+    try:
+        page, headers = _page(items, query)
+    except ValueError as exc:
+        h.send_error_json(400, "bad_request", str(exc))
+        return
+    h.send_json(200, page, headers)
 
 
 def _file_bytes(path: str) -> bytes:
