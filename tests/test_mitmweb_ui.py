@@ -9,6 +9,7 @@ screenshots land in `artifacts/`.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -22,8 +23,8 @@ from simulator import Simulator
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
-# The columns the README's mitmweb command shows.
-WEB_COLUMNS = ("icon", "path", "method", "status", "comment")
+# The columns of the README's mitmweb command, so that the command stays true.
+WEB_COLUMNS = re.findall(r"--set web_columns=(\w+)", (ROOT / "README.md").read_text())
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists() and not os.environ.get("CI"),
@@ -62,6 +63,7 @@ def drive_four_decisions(sim: Simulator, proxy_url: str) -> dict[str, str]:
 def test_decisions_are_visible_in_mitmweb(sim: Simulator, mitmweb: Mitmdump) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    assert "comment" in WEB_COLUMNS, "the README's mitmweb command shows the Comment column"
     sid = drive_four_decisions(sim, mitmweb.url)["session_id"]
     fallback = mitmweb.records("fallback", sid)[-1]
     ARTIFACTS.mkdir(exist_ok=True)
