@@ -99,7 +99,8 @@ class DecisionRecorder:
         record = record_of(flow)
         if record is not None:
             self.decisions[record["decision"]] += 1
-            self.outbound[f"{flow.request.host}:{flow.request.port}"] += 1
+            if flow.is_replay != "response":  # a server-replayed answer never left the proxy
+                self.outbound[f"{flow.request.host}:{flow.request.port}"] += 1
             self.log.write(record)
 
     def done(self) -> None:

@@ -129,8 +129,8 @@ class BrowserRouting:
 
     def response(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
-        if record is None or record["decision"] != "passthrough" or not flow.response:
-            return
+        if record is None or record["decision"] != "passthrough" or not flow.response or not flow.live:
+            return  # offline reads (mitmdump -nr) keep their recorded decisions and teach nothing
         self.recorder.decide(flow, "passthrough", record["reason"], cp_status=flow.response.status_code)
         if 200 <= flow.response.status_code < 300:
             self.learn(flow)

@@ -22,15 +22,25 @@ _WEB_LISTENING = re.compile(r"Web server listening at (\S+)")
 
 
 class Mitmdump:
-    """`mitmdump` with the addon, listening on 127.0.0.1 on a free port.
+    """`mitmdump` with the addon (unless `with_addon=False`), listening on 127.0.0.1 on a free port.
 
     `options` become `--set name=value`; the decision log goes to `self.log_path`.
     """
 
-    def __init__(self, options: dict[str, str], *, tool: str = "mitmdump", extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        options: dict[str, str],
+        *,
+        tool: str = "mitmdump",
+        extra_args: tuple[str, ...] = (),
+        with_addon: bool = True,
+    ):
         self.workdir = Path(tempfile.mkdtemp(prefix="browserrouting-"))
         self.log_path = self.workdir / "decisions.jsonl"
-        self.options = {"browserrouting_log": str(self.log_path), "confdir": str(self.workdir), **options}
+        self.options = {"confdir": str(self.workdir), **options}
+        if with_addon:
+            self.options.setdefault("browserrouting_log", str(self.log_path))
+        self.with_addon = with_addon
         self.tool = tool
         self.extra_args = extra_args
         self.process: subprocess.Popen[str] | None = None
@@ -49,7 +59,9 @@ class Mitmdump:
 
     def start(self, timeout: float = 20) -> Mitmdump:
         exe = Path(sys.executable).parent / self.tool
-        args = [str(exe), "--listen-host", "127.0.0.1", "-p", "0", "-s", str(ENTRY)]
+        args = [str(exe), "--listen-host", "127.0.0.1", "-p", "0"]
+        if self.with_addon:
+            args += ["-s", str(ENTRY)]
         for name, value in self.options.items():
             args += ["--set", f"{name}={value}"]
         self.process = subprocess.Popen(

@@ -28,17 +28,17 @@ class Proxy:
         self.router, self.routes_file, self.fallback, self.commands, self.recorder = addons
 
     async def send(
-        self, method: str, path: str, response: http.Response | None = None, body: bytes = b""
+        self, method: str, path: str, response: http.Response | None = None, replay: bool = False
     ) -> http.HTTPFlow:
-        """One client request through the request hooks, answered by `response` (the CP's)."""
+        """One client request through the hooks, answered by `response`; `replay`: by server replay."""
         req = tutils.treq(method=method.encode(), scheme=b"https", host=CP_HOST, port=443, path=path.encode())
-        req.content = body
         flow = tflow.tflow(req=req)
         for name in ("request", "responseheaders", "response"):
             if name == "responseheaders":
                 flow.response = response or http.Response.make(
                     200, b"{}", {"Content-Type": "application/json"}
                 )
+                flow.is_replay = "response" if replay else None
             for a in (self.router, self.fallback, self.recorder):
                 hook = getattr(a, name, None)
                 if hook is not None:
@@ -130,9 +130,12 @@ async def test_summary_counts_decisions_and_outbound_hosts(
         "outbound": {f"{CP_HOST}:443": 2, "proxy.iad.vm.test:8443": 2},
         "routes": 1,
     }
+    replayed = await proxy.send("GET", "/browsers/s1/fs/c", replay=True)
+    assert decision(replayed) == ("routed", None)
+    assert json.loads(proxy.tctx.command(proxy.commands.summary))["outbound"]["proxy.iad.vm.test:8443"] == 2
     with caplog.at_level(logging.INFO):
         proxy.commands.done()
-    assert "browserrouting summary:" in caplog.text and '"routed": 2' in caplog.text
+    assert "browserrouting summary:" in caplog.text and '"routed": 3' in caplog.text
 
 
 async def test_names_route_like_ids_and_a_delete_by_either_evicts_both(proxy: Proxy) -> None:
