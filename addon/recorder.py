@@ -67,6 +67,7 @@ class DecisionRecorder:
         self, decision: str, reason: str | None, route: Route, flow: http.HTTPFlow | None = None
     ) -> None:
         """A route was cached, evicted or refused: log it, and note it on the flow that caused it."""
+        record = record_of(flow) if flow is not None else None
         change = {
             "decision": decision,
             "reason": reason,
@@ -74,16 +75,16 @@ class DecisionRecorder:
             "name": route.name,
             "base_url": route.base_url,
             "jwt": redact(route.jwt),
+            # The flow that caused the change; none for commands and the routes file.
+            "method": flow.request.method if flow else None,
+            "url": (record["url"] if record else redact_url(flow.request.url)) if flow else None,
+            "flow_id": flow.id if flow else None,
         }
-        if flow is not None:
-            record = record_of(flow)
-            change["flow_id"] = flow.id
-            change["url"] = record["url"] if record else redact_url(flow.request.url)
-            if record is not None:
-                record.setdefault("cache", []).append(
-                    {k: change[k] for k in ("decision", "reason", "session_id")}
-                )
-                flow.comment = comment(record)
+        if flow is not None and record is not None:
+            record.setdefault("cache", []).append(
+                {k: change[k] for k in ("decision", "reason", "session_id")}
+            )
+            flow.comment = comment(record)
         self.decisions[decision] += 1
         level = logging.WARNING if decision == "route_refused" else logging.INFO
         logger.log(level, f"{decision} {route.session_id} -> {route.base_url} ({reason})")

@@ -147,7 +147,10 @@ class BrowserRouting:
             if isinstance(session_id, str) and session_id.strip():
                 self.evict(session_id, "pool_release", flow)
         elif (source := paths.route_source(method, path)) and is_json(flow.response.headers):
-            for route in routes_from_json(json_body(flow.response)):
+            doc = json_body(flow.response)
+            if doc is None:
+                logger.debug(f"no routes learned from {flow.id}: the body is not JSON")
+            for route in routes_from_json(doc):
                 self.add(route, source, flow)
 
     def add(self, route: Route, reason: str, flow: http.HTTPFlow | None = None) -> str | None:

@@ -188,3 +188,17 @@ async def test_corrupt_routes_file_is_reported_and_ignored(
             assert decision(await proxy.send("GET", "/browsers/s1/fs/x")) == ("passthrough", "no_route")
     assert "browserrouting_routes_file: ignoring" in caplog.text
     assert path.read_text() == text, "the corrupt file is left for the user to inspect"
+
+
+async def test_cache_changes_in_the_log_name_what_caused_them(tmp_path: Path) -> None:
+    log = tmp_path / "decisions.jsonl"
+    for proxy in wired(browserrouting_log=str(log)):
+        await proxy.create("s1")
+        proxy.tctx.command(proxy.commands.evict, "s1")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    cached, created, evicted = lines
+    assert (cached["decision"], cached["reason"], cached["method"]) == ("route_cached", "create", "POST")
+    assert cached["url"] == f"https://{CP_HOST}/browsers" and cached["flow_id"] == created["flow_id"]
+    assert cached["jwt"] == JWT[:6] + "…" and JWT not in log.read_text()
+    assert (evicted["decision"], evicted["reason"]) == ("route_evicted", "command")
+    assert (evicted["method"], evicted["url"], evicted["flow_id"]) == (None, None, None)
