@@ -26,7 +26,8 @@ class RouteCommands:
             [
                 {"session_id": r.session_id, "name": r.name, "base_url": r.base_url, "jwt": redact(r.jwt)}
                 for r in self.router.cache
-            ]
+            ],
+            ensure_ascii=False,
         )
 
     @command.command("browserrouting.add")
