@@ -61,10 +61,16 @@ class ControlPlaneFallback:
         if record["decision"] == "reissue":
             flow.response.stream = False  # its body is copied to the flow it serves
         elif record["decision"] == "routed":
-            # Only a 404 can be browser_gone; everything else, SSE included, flows live.
+            # Only a 404 to an eligible GET is read (browser_gone?); all else, SSE included, flows live.
             declared = flow.response.headers.get("content-length", "")
             too_big = declared.isdigit() and int(declared) > MAX_GONE_BODY
-            flow.response.stream = flow.response.status_code != 404 or too_big
+            flow.response.stream = flow.response.status_code != 404 or too_big or not self.eligible_get(flow)
+
+    def eligible_get(self, flow: http.HTTPFlow) -> bool:
+        """Whether a routed flow is a GET to a fallback-eligible path (judged on the client's path)."""
+        original = self.router.originals.get(flow.id)  # kept for routed GETs only
+        sub = paths.parse_subresource_path(paths.split_path(original.path)[0]) if original else None
+        return sub is not None and paths.is_fallback_eligible(sub.tail, self.eligible)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
@@ -75,13 +81,12 @@ class ControlPlaneFallback:
             return
         if record["decision"] != "routed":
             return
+        eligible = self.eligible_get(flow)
         original = self.router.originals.pop(flow.id, None)
         status = flow.response.status_code
         if status < 400:
             self.recorder.decide(flow, "routed", vm_status=status)
             return
-        sub = paths.parse_subresource_path(paths.split_path(original.path)[0]) if original else None
-        eligible = sub is not None and paths.is_fallback_eligible(sub.tail, self.eligible)
         body = read_404_body(flow.response) if status == 404 else None
         reason = no_fallback_reason(flow.request.method, eligible, status, body)
         if reason is not None:

@@ -706,11 +706,21 @@ async def test_404_at_the_bound_is_still_read(h: Harness) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "stream"), [(200, True), (204, True), (302, True), (403, True), (404, False)]
+    ("status", "stream"), [(200, True), (204, True), (302, True), (403, True), (404, True)]
 )
-async def test_routed_responses_stream_except_404(h: Harness, status: int, stream: bool) -> None:
-    flow = await routed(h, f"/browsers/{SID}/telemetry/stream")
+async def test_routed_responses_stream_unless_they_may_be_browser_gone(
+    h: Harness, status: int, stream: bool
+) -> None:
+    flow = await routed(h, f"/browsers/{SID}/telemetry/stream")  # not fallback-eligible
     flow.response = http.Response.make(status, b"data: tick\n\n", {"Content-Type": "text/event-stream"})
+    await run_hook(h.addons, "responseheaders", flow)
+    assert flow.response.stream is stream
+
+
+@pytest.mark.parametrize(("method", "stream"), [("GET", False), ("POST", True), ("DELETE", True)])
+async def test_only_a_404_to_an_eligible_get_is_buffered(h: Harness, method: str, stream: bool) -> None:
+    flow = await routed(h, f"/browsers/{SID}/telemetry/events", method=method)
+    flow.response = gone_response()
     await run_hook(h.addons, "responseheaders", flow)
     assert flow.response.stream is stream
 
