@@ -97,7 +97,9 @@ class BrowserRouting:
     def is_control_plane(self, request: http.Request) -> bool:
         return (request.scheme, request.host.lower(), request.port) in self.origins
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Decided on the headers: mitmproxy connects upstream right after this hook when the
+        # request body streams (stream_large_bodies), so the `request` hook would be too late.
         if flow.response or flow.error or not flow.live:
             return  # answered already (server replay), or an offline read
         record = record_of(flow)
@@ -126,6 +128,10 @@ class BrowserRouting:
         self.recorder.decide(
             flow, "routed", vm_url=flow.request.url, vm_host=f"{flow.request.host}:{flow.request.port}"
         )
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if (original := self.originals.get(flow.id)) is not None:
+            original.raw_content = flow.request.raw_content  # the body arrives after the headers
 
     def response(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)

@@ -321,3 +321,19 @@ def test_reissue_is_a_flow_of_its_own_in_saved_flows(sim: Simulator, tmp_path: P
     assert reissue.request.headers["authorization"] == f"Bearer {API_KEY}"
     assert original.response is not None and original.response.status_code == 200
     assert original.marked == ":arrows_counterclockwise:" and reissue.marked == ":leftwards_arrow_with_hook:"
+
+
+def test_streamed_request_bodies_are_routed_too(sim: Simulator) -> None:
+    """With stream_large_bodies, mitmproxy connects upstream before the `request` hook runs:
+    the route must be chosen on the headers, and the body must arrive whole."""
+    with Mitmdump(proxy_options(sim, stream_large_bodies="1k")) as proxy:
+        sid = create_browser(proxy, sim)["session_id"]
+        sim.reset()
+        body = json.dumps({"command": "cat", "stdin": "z" * 200_000}).encode()
+        with client(proxy) as c:
+            got = c.post(f"{sim.cp_url}/browsers/{sid}/process/exec", content=body)
+        assert got.status_code == 200
+        vm = requests_to(sim, "vm", "process/exec")
+        assert len(vm) == 1 and vm[0]["body_len"] == len(body) and "authorization" not in vm[0]["headers"]
+        assert requests_to(sim, "cp", "process/exec") == []
+        assert proxy.records("routed", sid)[-1]["vm_status"] == 200

@@ -33,7 +33,7 @@ class Proxy:
         """One client request through the hooks, answered by `response`; `replay`: by server replay."""
         req = tutils.treq(method=method.encode(), scheme=b"https", host=CP_HOST, port=443, path=path.encode())
         flow = tflow.tflow(req=req)
-        for name in ("request", "responseheaders", "response"):
+        for name in ("requestheaders", "request", "responseheaders", "response"):
             if name == "responseheaders":
                 flow.response = response or http.Response.make(
                     200, b"{}", {"Content-Type": "application/json"}
