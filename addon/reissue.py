@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addons.clientplayback import ReplayHandler
+from mitmproxy.options import Options
 
 from . import paths
-from .fallback import MAX_GONE_BODY, no_fallback_reason
+from .fallback import MAX_GONE_BODY, decode_bounded, no_fallback_reason
 from .recorder import DecisionRecorder, record_of
 from .router import BrowserRouting
 
@@ -18,13 +19,24 @@ logger = logging.getLogger(__name__)
 
 
 def read_404_body(response: http.Response) -> bytes | None:
-    """The decoded body of a buffered 404, or None when it was streamed or cannot be decoded."""
+    """The decoded body of a buffered 404, or None when it was streamed, cannot be decoded,
+    or is too large to be browser_gone."""
     if response.raw_content is None or len(response.raw_content) > MAX_GONE_BODY:
         return None
-    try:
-        return response.get_content(strict=True)
-    except ValueError:
-        return None
+    return decode_bounded(response.raw_content, response.headers.get("content-encoding", ""))
+
+
+class ReissueOptions:
+    """mitmproxy's options as the re-issue's connection sees them: all of them (upstream
+    mode, TLS), except that its answer is never streamed. Its body becomes the client's
+    answer, and mitmproxy switches to streaming midway through a body larger than
+    `stream_large_bodies`, which no hook can undo."""
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+
+    def __getattr__(self, name: str) -> Any:
+        return None if name == "stream_large_bodies" else getattr(self._options, name)
 
 
 def fallback_failed(why: str) -> http.Response:
@@ -109,12 +121,12 @@ class ControlPlaneFallback:
             copy, "reissue", session_id=flow.metadata["browserrouting"]["session_id"], serves=flow.id
         )
         self.recorder.decide(flow, "fallback", reissue_flow=copy.id, **fields)
-        await ReplayHandler(copy, ctx.options).replay()
-        if copy.response is not None:
+        await ReplayHandler(copy, cast(Options, ReissueOptions(ctx.options))).replay()
+        if copy.response is not None and copy.error is None and copy.response.raw_content is not None:
             flow.response = copy.response.copy()
             self.recorder.decide(flow, "fallback", cp_status=copy.response.status_code)
-        else:
-            why = copy.error.msg if copy.error else "no response"
+        else:  # no answer, or one that broke off or was streamed away: never half an answer
+            why = copy.error.msg if copy.error else "no response" if copy.response is None else "no body"
             flow.response = fallback_failed(why)
             self.recorder.decide(flow, "fallback", error=why)
             logger.warning(

@@ -42,6 +42,23 @@ def json_body(message: http.Message) -> object:
         return None
 
 
+class VmAuthorizationGuard:
+    """Last in mitmproxy's addon chain: drops an Authorization header that an addon after
+    this script (modify_headers, stickyauth) puts back on a request routed to the VM."""
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.strip(flow)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self.strip(flow)
+
+    def strip(self, flow: http.HTTPFlow) -> None:
+        record = record_of(flow)
+        if record is not None and record["decision"] == "routed" and "authorization" in flow.request.headers:
+            del flow.request.headers["authorization"]
+            logger.debug(f"removed an Authorization header added to routed flow {flow.id}")
+
+
 class BrowserRouting:
     """Learns routes from control-plane responses and rewrites requests to the VM."""
 
@@ -54,6 +71,7 @@ class BrowserRouting:
         # The client's request of each routed GET, for a fallback to re-issue; kept out
         # of flow.metadata because it holds the API key.
         self.originals: dict[str, http.Request] = {}
+        self.guard = VmAuthorizationGuard()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -93,6 +111,15 @@ class BrowserRouting:
                 if reason := refusal_reason(route.base_url, self.vm_hosts):
                     self.cache.evict(route.session_id)
                     self.recorder.cache_changed("route_evicted", reason, route)
+
+    def running(self) -> None:
+        # The guard must run after mitmproxy's own addons, which come after this script.
+        if self.guard not in ctx.master.addons.chain:
+            ctx.master.addons.add(self.guard)
+
+    def done(self) -> None:
+        if self.guard in ctx.master.addons.chain:
+            ctx.master.addons.remove(self.guard)
 
     def is_control_plane(self, request: http.Request) -> bool:
         return (request.scheme, request.host.lower(), request.port) in self.origins

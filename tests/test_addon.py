@@ -398,7 +398,10 @@ async def test_positive_fallback(h: Harness) -> None:
     assert "jwt" not in dict(query_of(sent.url))
     assert copy.id != flow.id
     assert copy.is_replay == "request"
-    assert h.reissues.options == [h.tctx.options]
+    # mitmproxy's options (upstream mode, TLS) reach the re-issue; streaming does not
+    (options,) = h.reissues.options
+    assert options.mode == h.tctx.options.mode and options.ssl_insecure == h.tctx.options.ssl_insecure
+    assert options.stream_large_bodies is None
     # the route is evicted: the browser is gone
     assert h.router.cache.get(SID) is None
     assert h.router.originals == {}
@@ -1736,3 +1739,33 @@ def test_entry_script_wires_the_addons_in_hook_order() -> None:
     assert routes_file.router is router and commands.router is router
     assert fallback.router is router
     assert fallback.recorder is recorder and commands.recorder is recorder
+
+
+async def test_reissue_whose_answer_breaks_off_gives_502(h: Harness) -> None:
+    """The CP sent its headers, then the connection died: no half answer for the client."""
+
+    async def answer(copy: http.HTTPFlow) -> Error:
+        copy.response = cp_response()  # headers arrived ...
+        return Error("peer closed connection without sending complete message body")  # ... the body did not
+
+    h.reissues.answer = answer
+    flow = await routed(h)
+    await h.respond(flow, gone_response())
+    assert flow.response is not None and flow.response.status_code == 502
+    assert json.loads(flow.response.get_content() or b"")["code"] == "fallback_failed"
+    rec = record(flow)
+    assert rec["decision"] == "fallback" and "cp_status" not in rec
+    assert "complete message body" in rec["error"]
+
+
+def test_reissue_options_pass_everything_but_streaming() -> None:
+    from types import SimpleNamespace
+
+    from addon.reissue import ReissueOptions
+
+    real = SimpleNamespace(
+        stream_large_bodies="1k", mode=["upstream:http://127.0.0.1:1"], body_size_limit="9m"
+    )
+    options = ReissueOptions(real)  # type: ignore[arg-type]
+    assert options.stream_large_bodies is None
+    assert options.mode == real.mode and options.body_size_limit == "9m"

@@ -337,3 +337,31 @@ def test_streamed_request_bodies_are_routed_too(sim: Simulator) -> None:
         assert len(vm) == 1 and vm[0]["body_len"] == len(body) and "authorization" not in vm[0]["headers"]
         assert requests_to(sim, "cp", "process/exec") == []
         assert proxy.records("routed", sid)[-1]["vm_status"] == 200
+
+
+def test_api_key_added_by_modify_headers_never_reaches_the_vm(sim: Simulator) -> None:
+    """QA may let mitmproxy add the key; mitmproxy's own addons run after this script."""
+    injected = "Bearer sk-injected-by-mitmproxy"
+    options = proxy_options(sim, modify_headers=f"|~q|Authorization|{injected}")
+    with Mitmdump(options) as proxy, httpx.Client(proxy=proxy.url, timeout=10) as c:  # no key here
+        sid = c.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]
+        sim.reset()
+        assert c.get(f"{sim.cp_url}/browsers/{sid}/fs/read_file?path=/k").status_code == 200
+        sim.kill_on_vm(sid)
+        assert c.get(events_url(sim, sid)).status_code == 200
+    vm = [r for r in sim.stats()["vm"]["requests"] if not r["via_cp"]]
+    assert len(vm) == 2 and all("authorization" not in r["headers"] for r in vm)
+    cp = requests_to(sim, "cp", "telemetry/events")
+    assert len(cp) == 1 and cp[0]["headers"]["authorization"] == injected
+
+
+def test_fallback_answer_is_whole_with_stream_large_bodies_set(sim: Simulator) -> None:
+    """mitmproxy streams bodies over stream_large_bodies midway; the re-issue's must not be."""
+    with Mitmdump(proxy_options(sim, stream_large_bodies="1k")) as proxy:
+        sid = create_browser(proxy, sim)["session_id"]  # a browser object is under 1k
+        sim.kill_on_vm(sid)
+        with client(proxy) as c:
+            got = c.get(f"{sim.cp_url}/browsers/{sid}/telemetry/events")
+        assert got.status_code == 200 and len(got.content) > 1024
+        assert got.json()[0]["id"] == f"cp-{sid}-1"
+        assert proxy.records("fallback", sid)[-1]["cp_status"] == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -633,3 +634,37 @@ def test_json_lines_log_bad_path_raises_and_keeps_old(tmp_path: Path) -> None:
     log.write({"decision": "kept"})
     log.close()
     assert json.loads(good.read_text(encoding="utf-8"))["decision"] == "kept"
+
+
+GONE_JSON = b'{"code":"browser_gone","message":"browser not found"}'
+
+
+def _encode(body: bytes, coding: str) -> bytes:
+    from mitmproxy.net import encoding
+
+    if coding == "deflate-raw":  # deflate without the zlib wrapper, as some servers send it
+        compressor = zlib.compressobj(wbits=-15)
+        return compressor.compress(body) + compressor.flush()
+    return bytes(encoding.encode(body, coding))
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "deflate-raw", "br", "zstd"])
+def test_decode_bounded_decodes_each_coding_and_refuses_bombs(coding: str) -> None:
+    from addon.fallback import decode_bounded
+
+    header = "deflate" if coding == "deflate-raw" else coding
+    assert decode_bounded(_encode(GONE_JSON, coding), header) == GONE_JSON
+    bomb = _encode(b"\0" * (50 * MAX_GONE_BODY), coding)
+    assert len(bomb) < MAX_GONE_BODY  # small on the wire ...
+    assert decode_bounded(bomb, header) is None  # ... too big to be browser_gone, never inflated whole
+
+
+def test_decode_bounded_other_cases() -> None:
+    from addon.fallback import decode_bounded
+
+    assert decode_bounded(GONE_JSON, "") == GONE_JSON
+    assert decode_bounded(GONE_JSON, "identity") == GONE_JSON
+    assert decode_bounded(GONE_JSON, "compress") is None  # unknown coding: not decodable
+    assert decode_bounded(b"not gzip", "gzip") is None
+    layered = _encode(_encode(GONE_JSON, "gzip"), "br")  # gzip applied first, then br
+    assert decode_bounded(layered, "gzip, br") == GONE_JSON
