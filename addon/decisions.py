@@ -6,6 +6,7 @@ Pure, no mitmproxy import. Records are JSON-able dicts and never hold a secret i
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import IO, Any
 from urllib.parse import unquote_plus
@@ -89,7 +90,7 @@ class JsonLinesLog:
 
     def open(self, path: str) -> None:
         """Switch to `path` ("" closes); OSError when it cannot be opened for append."""
-        new = open(path, "a", encoding="utf-8", buffering=1) if path else None  # noqa: SIM115
+        new = open(os.path.expanduser(path), "a", encoding="utf-8", buffering=1) if path else None  # noqa: SIM115
         self.close()
         self._file = new
 

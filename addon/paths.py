@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -13,9 +14,10 @@ _BROWSER_BY_ID = re.compile(VERSION_PREFIX + r"/browsers/([^/]+)/?$")
 _POOL_ACQUIRE = re.compile(VERSION_PREFIX + r"/browser_pools/[^/]+/acquire/?$")
 _POOL_RELEASE = re.compile(VERSION_PREFIX + r"/browser_pools/[^/]+/release/?$")
 
-# RFC 3986 pchar plus "/" (and "%" for pct-encoding): what a path entry may hold.
-_PATH_ENTRY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]+")
-_HOST_GLOB = re.compile(r"[A-Za-z0-9\-._*?\[\]:]+")
+# RFC 3986 pchar plus "/", with "%" only as a percent-escape: what a path entry may hold.
+_PATH_ENTRY = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})+")
+_HOST_GLOB = re.compile(r"[A-Za-z0-9\-._*?\[\]]+")
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
 
 DEFAULT_SUBRESOURCES = "curl,telemetry/stream,computer,playwright,process,fs,logs/stream"
 SUBRESOURCES_ENV = "KERNEL_BROWSER_ROUTING_SUBRESOURCES"
@@ -35,10 +37,16 @@ def split_path(path: str) -> tuple[str, str]:
     return path, query
 
 
+def has_dot_segment(path: str) -> bool:
+    """Whether a segment is `.` or `..`, percent-encoded or not: the server would resolve it,
+    so a path that looks allowlisted could name another subresource."""
+    return any(unquote(segment) in (".", "..") for segment in path.split("/"))
+
+
 def parse_subresource_path(path: str) -> SubresourcePath | None:
     """Return the parts of a browser subresource path (no query), or None."""
     m = _SUBRESOURCE_PATH.match(path)
-    if m is None:
+    if m is None or has_dot_segment(path):
         return None
     key = unquote(m.group(1)).strip()
     if not key:
@@ -99,7 +107,7 @@ def parse_path_entries(value: str) -> tuple[str, ...]:
     """Allowlist or registry entries, slash-normalised; ValueError names a bad one."""
     entries = []
     for entry in parse_list(value):
-        if not _PATH_ENTRY.fullmatch(entry) or not normalize_tail(entry):
+        if not _PATH_ENTRY.fullmatch(entry) or not normalize_tail(entry) or has_dot_segment(entry):
             raise ValueError(f"{entry!r} is not a URL path")
         entries.append(normalize_tail(entry))
     return tuple(entries)
@@ -109,26 +117,38 @@ def parse_origins(value: str) -> tuple[tuple[str, str, int], ...]:
     """`scheme://host[:port]` entries as (scheme, host, port); ValueError names a bad one."""
     origins = []
     for entry in parse_list(value):
+        want = f"{entry!r} is not an origin (want http[s]://host[:port])"
         try:
             parts = urlsplit(entry)
             port = parts.port
         except ValueError as e:
-            raise ValueError(f"{entry!r} is not an origin: {e}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{entry!r} is not an origin (want http[s]://host[:port])")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ValueError(f"{entry!r} is not an origin (no path, query or user info)")
-        default = 443 if parts.scheme == "https" else 80
-        origins.append((parts.scheme, parts.hostname.lower(), port or default))
+            raise ValueError(f"{want}: {e}") from None
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("http", "https") or not (_HOST_NAME.fullmatch(host) or is_ip(host)):
+            raise ValueError(want)
+        if parts.path not in ("", "/") or "?" in entry or "#" in entry or "@" in parts.netloc:
+            raise ValueError(f"{want}: no path, query or user info")
+        if port == 0 or parts.netloc.endswith(":"):
+            raise ValueError(f"{want}: a port is 1 to 65535")
+        origins.append((parts.scheme, host, port or (443 if parts.scheme == "https" else 80)))
     if not origins:
         raise ValueError("at least one origin is required")
     return tuple(origins)
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_host_globs(value: str) -> tuple[str, ...]:
     globs = []
     for entry in parse_list(value):
         if not _HOST_GLOB.fullmatch(entry):
-            raise ValueError(f"{entry!r} is not a host glob")
+            hint = ": globs match host names, without a port" if ":" in entry else ""
+            raise ValueError(f"{entry!r} is not a host glob{hint}")
         globs.append(entry.lower())
     return tuple(globs)

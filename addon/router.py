@@ -100,10 +100,15 @@ class BrowserRouting:
         parsed = {}
         for name, (attr, parse) in parsers.items():
             if name in updated:
+                value = getattr(ctx.options, name)
                 try:
-                    parsed[attr] = parse(getattr(ctx.options, name))
+                    parsed[attr] = parse(value)
                 except ValueError as e:
-                    raise exceptions.OptionsError(f"{name}: {e}") from None
+                    came_from_env = name == "browserrouting_subresources" and value == os.environ.get(
+                        paths.SUBRESOURCES_ENV
+                    )
+                    hint = f" (the value of ${paths.SUBRESOURCES_ENV})" if came_from_env else ""
+                    raise exceptions.OptionsError(f"{name}: {e}{hint}") from None
         for attr, value in parsed.items():
             setattr(self, attr, value)
         if "browserrouting_vm_hosts" in updated:
@@ -132,9 +137,11 @@ class BrowserRouting:
         record = record_of(flow)
         if record is not None and record["decision"] == "reissue":
             return  # a fallback's re-issue goes to the CP as it is
+        if record is not None:  # a replayed flow is decided afresh, or not at all
+            del flow.metadata[METADATA_KEY]
+            flow.comment, flow.marked = "", ""
         if not self.is_control_plane(flow.request):
             return
-        flow.metadata.pop(METADATA_KEY, None)  # a replayed flow is decided afresh
         path, query = paths.split_path(flow.request.path)
         sub = paths.parse_subresource_path(path)
         if sub is None:

@@ -77,6 +77,8 @@ def refusal_reason(base_url: str, vm_hosts: tuple[str, ...]) -> str | None:
         return "base_url"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "scheme"
+    if "?" in base_url or "#" in base_url or "@" in parts.netloc:
+        return "base_url"  # paths are joined onto it: a query, fragment or user info has no place
     host = parts.hostname.lower()
     if not any(fnmatch.fnmatchcase(host, glob) for glob in vm_hosts):
         return "vm_host"

@@ -668,3 +668,62 @@ def test_decode_bounded_other_cases() -> None:
     assert decode_bounded(b"not gzip", "gzip") is None
     layered = _encode(_encode(GONE_JSON, "gzip"), "br")  # gzip applied first, then br
     assert decode_bounded(layered, "gzip, br") == GONE_JSON
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/browsers/s1/telemetry/stream/../../fs/read_file",
+        "/browsers/s1/telemetry/stream/%2E%2E/%2e%2e/fs",
+        "/browsers/s1/./fs",
+        "/browsers/../s1/fs",
+    ],
+)
+def test_dot_segments_never_make_a_subresource_path(path: str) -> None:
+    assert parse_subresource_path(path) is None
+    assert parse_subresource_path("/browsers/s1/fs/a..b") == SubresourcePath("s1", "fs/a..b")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://api .onkernel.com",
+        "https://*.onkernel.com",
+        "https://a!.com",
+        "https://h%20x.com",
+        "https://host?",
+        "https://host#",
+        "https://host:0",
+        "https://host:",
+        "https://user@host",
+    ],
+)
+def test_origins_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="not an origin"):
+        paths.parse_origins(value)
+
+
+def test_origins_accepted() -> None:
+    assert paths.parse_origins("HTTPS://API.onkernel.com:8443/, http://127.0.0.1:8000 ,http://[::1]") == (
+        ("https", "api.onkernel.com", 8443),
+        ("http", "127.0.0.1", 8000),
+        ("http", "::1", 80),
+    )
+
+
+@pytest.mark.parametrize("value", ["..", "./x", "telemetry/../fs", "tele%zz", "%2e%2e/x"])
+def test_path_entries_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="not a URL path"):
+        paths.parse_path_entries(value)
+
+
+def test_host_glob_with_a_port_is_refused_with_a_hint() -> None:
+    with pytest.raises(ValueError, match="without a port"):
+        paths.parse_host_globs("proxy.onkernel.com:8443")
+
+
+@pytest.mark.parametrize(
+    "base_url", ["https://p.vm.test/x?a=1", "https://p.vm.test/x#f", "https://user@p.vm.test/x"]
+)
+def test_base_url_with_query_fragment_or_user_is_refused(base_url: str) -> None:
+    assert refusal_reason(base_url, ("*",)) == "base_url"

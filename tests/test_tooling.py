@@ -202,3 +202,33 @@ async def test_cache_changes_in_the_log_name_what_caused_them(tmp_path: Path) ->
     assert cached["jwt"] == JWT[:6] + "…" and JWT not in log.read_text()
     assert (evicted["decision"], evicted["reason"]) == ("route_evicted", "command")
     assert (evicted["method"], evicted["url"], evicted["flow_id"]) == (None, None, None)
+
+
+def test_a_bad_env_default_is_blamed_on_the_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERNEL_BROWSER_ROUTING_SUBRESOURCES", "telemetry/str eam")
+    module = load_script(str(ROOT / "addon" / "browser_routing.py"))
+    assert module is not None
+    with (
+        taddons.context(*module.addons) as tctx,
+        pytest.raises(exceptions.OptionsError, match=r"\$KERNEL_BROWSER_ROUTING_SUBRESOURCES"),
+    ):
+        tctx.options.update(browserrouting_subresources="telemetry/str eam")
+
+
+async def test_log_path_expands_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for proxy in wired(browserrouting_log="~/decisions.jsonl"):
+        await proxy.create("s1")
+    assert '"route_cached"' in (tmp_path / "decisions.jsonl").read_text()
+
+
+async def test_a_replayed_flow_is_decided_afresh(proxy: Proxy) -> None:
+    await proxy.create("s1")
+    flow = await proxy.send("GET", "/browsers/s1/fs/a")
+    assert decision(flow) == ("routed", None)
+    # mitmweb's Replay sends the flow again as it stands: to the VM, not a CP request any more
+    flow.response, flow.is_replay = None, "request"
+    for a in (proxy.router, proxy.fallback, proxy.recorder):
+        if hasattr(a, "requestheaders"):
+            a.requestheaders(flow)
+    assert "browserrouting" not in flow.metadata and flow.comment == "" and flow.marked == ""
