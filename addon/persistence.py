@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -70,9 +71,16 @@ class RoutesFile:
             routes, unusable = load_routes(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return
-        except (OSError, ValueError, RecursionError) as e:
-            # A warning, not an error: mitmdump exits on errors logged at startup.
+        except OSError as e:
+            # Warnings, not errors: mitmdump exits on errors logged at startup.
             logger.warning(f"browserrouting_routes_file: ignoring {path}: {e}")
+            return
+        except (ValueError, RecursionError) as e:
+            # Moved aside for the user to inspect, before the next save would replace it.
+            aside = path.with_name(path.name + ".corrupt")
+            with contextlib.suppress(OSError):
+                path.replace(aside)
+            logger.warning(f"browserrouting_routes_file: ignoring {path} (moved to {aside.name}): {e}")
             return
         if unusable:
             logger.warning(f"browserrouting_routes_file: skipped {unusable} unusable entries in {path}")

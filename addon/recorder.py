@@ -100,7 +100,7 @@ class DecisionRecorder:
         record = record_of(flow)
         if record is not None:
             self.decisions[record["decision"]] += 1
-            if flow.is_replay != "response":  # a server-replayed answer never left the proxy
+            if flow.live and flow.is_replay != "response":  # replayed or read back: never sent
                 self.outbound[f"{flow.request.host}:{flow.request.port}"] += 1
             self.log.write(record)
 

@@ -167,6 +167,13 @@ class BrowserRouting:
         if (original := self.originals.get(flow.id)) is not None:
             original.raw_content = flow.request.raw_content  # the body arrives after the headers
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        record = record_of(flow)
+        if record is not None and record["decision"] == "passthrough" and flow.response is not None:
+            media = str(flow.response.headers.get("content-type", "")).split(";")[0].strip().lower()
+            if media == "text/event-stream":  # a stream the CP serves itself stays live too
+                flow.response.stream = True
+
     def response(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         if record is None or record["decision"] != "passthrough" or not flow.response or not flow.live:

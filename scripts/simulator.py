@@ -552,11 +552,12 @@ class Simulator:
             return sess
 
     def _delete(self, sess: _Session) -> None:
-        # Both sides forget it: the VM then treats the jwt as unknown (401).
+        # The CP forgets it; the VM proxy answers its jwt with 404 browser_gone, as Kernel's does
+        # for a deleted browser.
         with self._lock:
             self._sessions.pop(sess.session_id, None)
             self._vm_live.pop(sess.jwt, None)
-            self._vm_gone.pop(sess.jwt, None)
+            self._vm_gone[sess.jwt] = sess.session_id
 
     def create_browser(self, name: str | None = None, pool: str | None = None) -> dict[str, Any]:
         """Create a browser directly (not counted as a request)."""
@@ -1102,7 +1103,23 @@ def _file_bytes(path: str) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Simulate the Kernel control plane and a browser VM proxy.")
+    parser = argparse.ArgumentParser(
+        description="Simulate the Kernel control plane and a browser VM proxy, on loopback only.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""\
+When both sides listen it prints one JSON line: cp_url, vm_url, base_url, ca_cert.
+Controls, on the control plane without auth (JSON in and out), e.g.
+  curl -s -X POST $CP/_sim/kill -d '{"session": "<id or name>"}'
+  POST /_sim/kill       {"session"}  the VM answers 404 browser_gone; the CP still knows it
+  POST /_sim/fault      {"status": 502|503|504, "reset": bool, "path_contains", "side": vm|cp|both,
+                         "times"}  (status null and reset false: clear)
+  POST /_sim/latency    {"cp": s, "vm": s}
+  POST /_sim/gzip_gone  {"enabled": bool}  browser_gone bodies gzip-encoded
+  POST /_sim/hold       {"hold": bool}  SSE streams send one event, then wait; /_sim/release
+  POST /_sim/create     {"name", "pool"}   GET /_sim/browsers
+  GET  /_sim/stats      requests per side and per host, max in flight; POST /_sim/reset clears
+""",
+    )
     parser.add_argument("--cp-host", default="127.0.0.1")
     parser.add_argument("--cp-port", type=int, default=0)
     parser.add_argument("--vm-host", default="127.0.0.2")

@@ -1769,3 +1769,18 @@ def test_reissue_options_pass_everything_but_streaming() -> None:
     options = ReissueOptions(real)  # type: ignore[arg-type]
     assert options.stream_large_bodies is None
     assert options.mode == real.mode and options.body_size_limit == "9m"
+
+
+async def test_reissue_carries_a_get_body_that_arrived_after_the_headers(h: Harness) -> None:
+    """mitmproxy reads the body after `requestheaders`, where the route is chosen."""
+    await h.learn(browser())
+    flow = cp_flow("GET", f"/browsers/{SID}/telemetry/events", content=b'{"q": 1}')
+    body, flow.request.raw_content = flow.request.raw_content, None
+    h.flows.append(flow)
+    await run_hook(h.addons, "requestheaders", flow)
+    flow.request.raw_content = body
+    await run_hook(h.addons, "request", flow)
+    assert record(flow)["decision"] == "routed"
+    await h.respond(flow, gone_response())
+    (sent,) = h.reissues.received
+    assert sent.raw_content == b'{"q": 1}' and sent.headers["authorization"] == f"Bearer {API_KEY}"

@@ -365,3 +365,24 @@ def test_fallback_answer_is_whole_with_stream_large_bodies_set(sim: Simulator) -
         assert got.status_code == 200 and len(got.content) > 1024
         assert got.json()[0]["id"] == f"cp-{sid}-1"
         assert proxy.records("fallback", sid)[-1]["cp_status"] == 200
+
+
+def test_an_sse_stream_the_cp_serves_is_live_too(sim: Simulator) -> None:
+    """Not routed (not allowlisted here), the stream goes through the CP, and still live."""
+    with Mitmdump(proxy_options(sim, browserrouting_subresources="process")) as proxy:
+        sid = create_browser(proxy, sim)["session_id"]
+        sim.hold_streams(True)
+        try:
+            with (
+                client(proxy) as c,
+                c.stream("GET", f"{sim.cp_url}/browsers/{sid}/telemetry/stream") as response,
+            ):
+                lines = response.iter_lines()
+                first = next(line for line in lines if line.startswith("data:"))
+                assert requests_to(sim, "cp", "telemetry/stream")[-1]["t_end"] is None  # still open
+                sim.release_streams()
+                assert len([line for line in lines if line.startswith("data:")]) == 2
+        finally:
+            sim.release_streams()
+        assert json.loads(first.removeprefix("data:"))["id"] == f"vm-{sid}-1"
+        assert proxy.records("passthrough", sid)[-1]["reason"] == "not_allowlisted"

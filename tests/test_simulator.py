@@ -187,6 +187,16 @@ def test_vm_requires_jwt_and_records_authorization(sim: Simulator, vm: httpx.Cli
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_deleted_browser_is_gone_on_the_vm(sim: Simulator, cp: httpx.Client, vm: httpx.Client) -> None:
+    """As the reference says of Kernel's VM proxy: a deleted browser answers 404 browser_gone."""
+    b = sim.create_browser()
+    jwt = sim.jwt_for(b["session_id"])
+    assert cp.delete(f"/browsers/{b['session_id']}").status_code == 204
+    gone = _vm_get(vm, sim, "telemetry/stream", jwt)
+    assert (gone.status_code, gone.json()) == (404, GONE)
+    assert cp.get(f"/browsers/{b['session_id']}").status_code == 404
+
+
 def test_cert_trusted_by_openssl_curl(sim: Simulator) -> None:
     jwt = sim.jwt_for(sim.create_browser()["session_id"])
     cmd = ["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}", "-G"]

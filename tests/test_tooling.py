@@ -187,7 +187,25 @@ async def test_corrupt_routes_file_is_reported_and_ignored(
             assert json.loads(proxy.tctx.command(proxy.commands.routes)) == []
             assert decision(await proxy.send("GET", "/browsers/s1/fs/x")) == ("passthrough", "no_route")
     assert "browserrouting_routes_file: ignoring" in caplog.text
-    assert path.read_text() == text, "the corrupt file is left for the user to inspect"
+    corrupt = tmp_path / "routes.json.corrupt"
+    assert corrupt.read_text() == text, "the corrupt file is kept for the user to inspect"
+    assert not path.exists() or json.loads(path.read_text()) == {"routes": []}
+
+
+async def test_routes_file_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save that fails midway leaves the previous file whole (written aside, then renamed)."""
+    path = tmp_path / "routes.json"
+    for proxy in wired(browserrouting_routes_file=str(path)):
+        await proxy.create("s1")
+        before = path.read_text()
+
+        def crash(src: Any, dst: Any) -> None:
+            raise OSError("disk full")
+
+        monkeypatch.setattr("addon.persistence.os.replace", crash)
+        await proxy.create("s2")
+        assert path.read_text() == before
+        assert [p.name for p in tmp_path.iterdir()] == ["routes.json"], "the partial file is removed"
 
 
 async def test_cache_changes_in_the_log_name_what_caused_them(tmp_path: Path) -> None:
