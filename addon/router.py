@@ -29,8 +29,12 @@ def vm_url(route: Route, tail: str, query: str) -> str:
     return f"{route.base_url}/{tail}" + (f"?{query}" if query else "")
 
 
+def media_type(headers: http.Headers) -> str:
+    return str(headers.get("content-type", "")).split(";")[0].strip().lower()
+
+
 def is_json(headers: http.Headers) -> bool:
-    media = str(headers.get("content-type", "")).split(";")[0].strip().lower()
+    media = media_type(headers)
     return media == "application/json" or media.endswith("+json")
 
 
@@ -169,10 +173,10 @@ class BrowserRouting:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
-        if record is not None and record["decision"] == "passthrough" and flow.response is not None:
-            media = str(flow.response.headers.get("content-type", "")).split(";")[0].strip().lower()
-            if media == "text/event-stream":  # a stream the CP serves itself stays live too
-                flow.response.stream = True
+        if record is None or record["decision"] != "passthrough" or flow.response is None:
+            return
+        if media_type(flow.response.headers) == "text/event-stream":  # a stream the CP serves stays live
+            flow.response.stream = True
 
     def response(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
