@@ -6,6 +6,10 @@ the addon copes with dead sessions, faults, latency and streams, without any
 network access. The CP is plain HTTP; the VM proxy is HTTPS with a throwaway
 self-signed certificate. Both record every request for later assertions.
 
+For a deleted (or VM-killed) browser the VM answers `404 browser_gone`, as the
+reference describes, or with `deleted_browser="502"` (`--deleted-browser 502`) a
+`502 bad_gateway`, as the live VM proxy does today.
+
 Standard library only (plus `cryptography`, a mitmproxy dependency, for the
 certificate). Usable as a module (`from simulator import Simulator`) or a CLI.
 """
@@ -46,6 +50,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 log = logging.getLogger("kernel_simulator")
 
 GONE_BODY = b'{"code":"browser_gone","message":"browser not found"}'
+BAD_GATEWAY_BODY = b'{"code":"bad_gateway","message":"browser unavailable"}'
+DELETED_BROWSER_ANSWERS = ("gone", "502")  # what the VM answers for a deleted or killed browser
 VM_PREFIX = "/browser/kernel"
 CP_EVENT_COUNT = 5  # historical events the CP holds per browser
 VM_EVENT_COUNT = 5  # events the VM's own /telemetry/events page holds
@@ -82,6 +88,12 @@ def _require_loopback(host: str) -> None:
         raise ValueError(f"host must be an IPv4 loopback literal, got {host!r}") from exc
     if not addr.is_loopback:
         raise ValueError(f"host must be in 127.0.0.0/8, got {host!r}")
+
+
+def _check_deleted_browser(answer: object) -> str:
+    if answer not in DELETED_BROWSER_ANSWERS:
+        raise ValueError(f"deleted_browser must be 'gone' or '502', got {answer!r}")
+    return str(answer)
 
 
 def _now_iso() -> str:
@@ -384,9 +396,12 @@ class Simulator:
         sse_interval: float = 0.2,
         sse_count: int = 3,
         cert_dir: str | None = None,
+        deleted_browser: str = "gone",
     ) -> None:
         _require_loopback(cp_host)
         _require_loopback(vm_host)
+        self._deleted_browser_default = _check_deleted_browser(deleted_browser)
+        self._deleted_browser = self._deleted_browser_default
         self.cp_host = cp_host
         self.vm_host = vm_host
         self._cp_port_req = cp_port
@@ -552,8 +567,7 @@ class Simulator:
             return sess
 
     def _delete(self, sess: _Session) -> None:
-        # The CP forgets it; the VM proxy answers its jwt with 404 browser_gone, as Kernel's does
-        # for a deleted browser.
+        # The CP forgets it; the VM proxy answers its jwt as for a deleted browser (_send_deleted).
         with self._lock:
             self._sessions.pop(sess.session_id, None)
             self._vm_live.pop(sess.jwt, None)
@@ -573,7 +587,7 @@ class Simulator:
     # -- controls ----------------------------------------------------------
 
     def kill_on_vm(self, session_id_or_name: str) -> None:
-        """VM forgets the session (404 browser_gone); the CP still lists and serves it."""
+        """VM forgets the session (answered as a deleted browser); the CP still lists and serves it."""
         sess = self._lookup(session_id_or_name)
         if sess is None:
             raise KeyError(session_id_or_name)
@@ -620,6 +634,12 @@ class Simulator:
         with self._lock:
             self._gzip_gone = bool(enabled)
 
+    def set_deleted_browser(self, answer: str) -> None:
+        """What the VM answers for a deleted or killed browser: "gone" (404 browser_gone) or "502"."""
+        answer = _check_deleted_browser(answer)
+        with self._lock:
+            self._deleted_browser = answer
+
     def hold_streams(self, hold: bool = True) -> None:
         """While held, SSE streams send their first event and then wait."""
         if hold:
@@ -631,7 +651,7 @@ class Simulator:
         self._released.set()
 
     def reset(self) -> None:
-        """Clear counters, faults, latency, gzip and holds; browsers are kept."""
+        """Clear counters, faults, latency, gzip and holds, restore deleted_browser; browsers are kept."""
         with self._lock:
             self._stats = {"cp": _SideStats(), "vm": _SideStats()}
             self._by_host = {}
@@ -639,6 +659,7 @@ class Simulator:
             self._fault = None
             self._latency = {"cp": 0.0, "vm": 0.0}
             self._gzip_gone = False
+            self._deleted_browser = self._deleted_browser_default
         self._released.set()
 
     def stats(self) -> dict[str, Any]:
@@ -775,6 +796,11 @@ class Simulator:
             self.set_latency(cp=float(args.get("cp", 0)), vm=float(args.get("vm", 0)))
         elif action == "gzip_gone":
             self.set_gzip_gone(data if isinstance(data, bool) else bool(args.get("enabled", True)))
+        elif action == "deleted_browser":
+            answer = args.get("answer")
+            if not isinstance(answer, str):
+                raise _BadRequest('expected {"answer": "gone" | "502"}')
+            self.set_deleted_browser(answer)
         elif action == "hold":
             self.hold_streams(bool(args.get("hold", True)))
         elif action == "release":
@@ -928,9 +954,12 @@ class Simulator:
 
     # -- VM proxy ----------------------------------------------------------
 
-    def _send_gone(self, h: _Handler) -> None:
+    def _send_deleted(self, h: _Handler) -> None:
         with self._lock:
-            gz = self._gzip_gone
+            gz, answer = self._gzip_gone, self._deleted_browser
+        if answer == "502":
+            h.send_raw(502, [("Content-Type", "application/json")], BAD_GATEWAY_BODY)
+            return
         headers = [("Content-Type", "application/json")]
         body = GONE_BODY
         if gz:
@@ -948,7 +977,7 @@ class Simulator:
             session_id = self._vm_live.get(jwt) if jwt else None
             gone = bool(jwt) and jwt in self._vm_gone
         if gone:
-            self._send_gone(h)
+            self._send_deleted(h)
             return
         if session_id is None:
             h.send_error_json(401, "unauthorized", "missing or invalid jwt")
@@ -1110,7 +1139,9 @@ def main(argv: list[str] | None = None) -> int:
 When both sides listen it prints one JSON line: cp_url, vm_url, base_url, ca_cert.
 Controls, on the control plane without auth (JSON in and out), e.g.
   curl -s -X POST $CP/_sim/kill -d '{"session": "<id or name>"}'
-  POST /_sim/kill       {"session"}  the VM answers 404 browser_gone; the CP still knows it
+  POST /_sim/kill       {"session"}  the VM answers as for a deleted browser; the CP still knows it
+  POST /_sim/deleted_browser {"answer": "gone"|"502"}  a deleted/killed browser's VM answer:
+                        404 browser_gone, or 502 bad_gateway (the live VM proxy today)
   POST /_sim/fault      {"status": 502|503|504, "reset": bool, "path_contains", "side": vm|cp|both,
                          "times"}  (status null and reset false: clear)
   POST /_sim/latency    {"cp": s, "vm": s}
@@ -1127,6 +1158,12 @@ Controls, on the control plane without auth (JSON in and out), e.g.
     parser.add_argument("--sse-interval", type=float, default=0.2, help="seconds between SSE events")
     parser.add_argument("--sse-count", type=int, default=3, help="events per SSE stream")
     parser.add_argument("--cert-dir", default=None, help="where to write the VM cert (default: temp dir)")
+    parser.add_argument(
+        "--deleted-browser",
+        choices=DELETED_BROWSER_ANSWERS,
+        default="gone",
+        help="the VM's answer for a deleted or killed browser: 404 browser_gone, or a 502 (default: gone)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not log requests to stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -1149,6 +1186,7 @@ Controls, on the control plane without auth (JSON in and out), e.g.
         sse_interval=args.sse_interval,
         sse_count=args.sse_count,
         cert_dir=args.cert_dir,
+        deleted_browser=args.deleted_browser,
     ).start()
     try:
         ready = {

@@ -292,6 +292,61 @@ def test_kill_on_vm(sim: Simulator, sdk: kernel.Kernel, cp: httpx.Client, vm: ht
     assert (zipped.status_code, zipped.json()) == (404, GONE)
 
 
+BAD_GATEWAY = {"code": "bad_gateway", "message": "browser unavailable"}
+
+
+@pytest.mark.parametrize("answer", ["gone", "502"])
+def test_deleted_browser_answer(answer: str) -> None:
+    """A deleted (CP delete, pool release) or VM-killed browser: 404 browser_gone, or the live 502."""
+    with Simulator(deleted_browser=answer) as s:
+        deleted, released, killed = s.create_browser(), s.create_browser(pool="p"), s.create_browser()
+        jwts = [s.jwt_for(b["session_id"]) for b in (deleted, released, killed)]
+        auth = {"Authorization": "Bearer test-token"}
+        with httpx.Client(base_url=s.cp_url, headers=auth, trust_env=False, timeout=10) as c:
+            assert c.delete(f"/browsers/{deleted['session_id']}").status_code == 204
+            assert c.post("/browser_pools/p/release", json={"session_id": released["session_id"]}).is_success
+            s.kill_on_vm(killed["session_id"])
+            relayed = c.get(f"/browsers/{killed['session_id']}/telemetry/stream")  # the CP relays it
+        with httpx.Client(verify=_trust(s.cert_path), trust_env=False, timeout=10) as v:
+            answers = [v.get(f"{s.base_url}/telemetry/stream", params={"jwt": j}) for j in jwts]
+    want = (404, GONE) if answer == "gone" else (502, BAD_GATEWAY)
+    for r in [*answers, relayed]:
+        assert (r.status_code, r.json()) == want
+        assert r.headers["content-type"] == "application/json"
+
+
+def test_deleted_browser_controls(sim: Simulator, cp: httpx.Client, vm: httpx.Client) -> None:
+    jwt = sim.jwt_for(sim.create_browser(name="d")["session_id"])
+    sim.kill_on_vm("d")
+    assert cp.post("/_sim/deleted_browser", json={"answer": "502"}).json() == {"ok": True}
+    cp.post("/_sim/gzip_gone", json={"enabled": True})  # applies to browser_gone bodies only
+    bad = _vm_get(vm, sim, "telemetry/events", jwt)
+    assert (bad.status_code, bad.json(), bad.headers.get("content-encoding")) == (502, BAD_GATEWAY, None)
+    for body in ({"answer": "404"}, {"answer": 502}, {}, ["502"], {"answer": None}):
+        refused = cp.post("/_sim/deleted_browser", json=body)
+        assert (refused.status_code, refused.json()["code"]) == (400, "bad_request")
+    assert _vm_get(vm, sim, "telemetry/events", jwt).status_code == 502  # refusals change nothing
+    with pytest.raises(ValueError):
+        sim.set_deleted_browser("404")
+    with pytest.raises(ValueError):
+        Simulator(deleted_browser="browser_gone")
+
+    assert cp.post("/_sim/deleted_browser", json={"answer": "gone"}).status_code == 200
+    assert _vm_get(vm, sim, "telemetry/events", jwt).json() == GONE
+    sim.set_deleted_browser("502")
+    assert cp.post("/_sim/reset").status_code == 200  # restores the constructor's choice
+    assert (_vm_get(vm, sim, "telemetry/events", jwt).status_code, sim.stats()["vm"]["count"]) == (404, 1)
+    with Simulator(deleted_browser="502") as s:
+        sid = s.create_browser()["session_id"]
+        killed = s.jwt_for(sid)
+        s.kill_on_vm(sid)
+        s.set_deleted_browser("gone")
+        s.reset()
+        with httpx.Client(verify=_trust(s.cert_path), trust_env=False, timeout=10) as v:
+            r = v.get(f"{s.base_url}/telemetry/events", params={"jwt": killed})
+        assert (r.status_code, r.json()) == (502, BAD_GATEWAY)
+
+
 def _reader(resp: httpx.Response, out: queue.Queue[str | None]) -> None:
     for line in resp.iter_lines():
         if line.startswith("data: "):
@@ -409,9 +464,14 @@ def test_cli(tmp_path: Path) -> None:
     script = str(ROOT / "scripts" / "simulator.py")
     helped = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=30)
     assert helped.returncode == 0 and "--sse-count" in helped.stdout
+    assert "--deleted-browser {gone,502}" in helped.stdout and "/_sim/deleted_browser" in helped.stdout
+    refused = subprocess.run(
+        [sys.executable, script, "--deleted-browser", "404"], capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode == 2 and "invalid choice" in refused.stderr
 
     proc = subprocess.Popen(
-        [sys.executable, script, "--cert-dir", str(tmp_path), "--sse-count", "1"],
+        [sys.executable, script, "--cert-dir", str(tmp_path), "--sse-count", "1", "--deleted-browser", "502"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -428,6 +488,10 @@ def test_cli(tmp_path: Path) -> None:
         with httpx.Client(verify=_trust(ready["ca_cert"]), trust_env=False, timeout=10) as c:
             r = c.get(f"{ready['base_url']}/telemetry/events", params={"jwt": jwt})
             assert r.status_code == 200
+            killed = httpx.post(f"{ready['cp_url']}/_sim/kill", json={"session": "cli"}, trust_env=False)
+            assert killed.status_code == 200
+            r = c.get(f"{ready['base_url']}/telemetry/events", params={"jwt": jwt})
+            assert (r.status_code, r.json()) == (502, BAD_GATEWAY)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
