@@ -21,11 +21,12 @@ MARKERS = {
     "no_fallback": ":x:",
     "reissue": ":leftwards_arrow_with_hook:",
 }
+AUDIT_DECISIONS = frozenset({"client_routed", "client_cp", "client_fallback"})
 
 # Shown in the comment's detail lines in this order; anything else follows.
 _DETAIL_ORDER = (
     "decision", "reason", "session_id", "method", "url", "vm_url", "vm_status",
-    "cp_status", "reissue_flow", "serves", "flow_id", "error", "cache",
+    "cp_status", "reissue_flow", "serves", "violations", "notes", "injected", "flow_id", "error", "cache",
 )  # fmt: skip
 
 
@@ -41,6 +42,28 @@ def redact_url(url: str) -> str:
             piece = f"{key}={redact(unquote_plus(value))}"
         parts.append(piece)
     return base + "?" + "&".join(parts)
+
+
+def marker(record: dict[str, Any]) -> str:
+    """The flow-list marker: an audited flow says whether it conforms."""
+    if record["decision"] in AUDIT_DECISIONS:
+        return ":warning:" if record.get("violations") else ":white_check_mark:"
+    return MARKERS.get(record["decision"], ":default:")
+
+
+def audit_summary(record: dict[str, Any]) -> str:
+    """`audit ok` or `audit <first violation>`, then what the client did and was answered."""
+    d, violations, notes = record["decision"], record.get("violations") or [], record.get("notes") or []
+    vm, cp = record.get("vm_status"), record.get("cp_status")
+    text = f"audit {violations[0] if violations else 'ok'}: {d}"
+    if d == "client_routed":
+        text += f", VM {vm if vm is not None else 'no answer'}"
+    else:
+        text += f" of flow {record.get('serves')}" if d == "client_fallback" else ""
+        text += f", CP {cp if cp is not None else 'no answer'}"
+    if record.get("injected"):
+        text += f" (injected {record['injected']})"
+    return text + (f" [{', '.join(notes)}]" if notes else "")
 
 
 def summary(record: dict[str, Any]) -> str:
@@ -60,6 +83,8 @@ def summary(record: dict[str, Any]) -> str:
         text = f"no_fallback ({reason}), VM {vm if vm is not None else 'no answer'}"
     elif d == "reissue":
         text = f"reissue for flow {record.get('serves')}, CP {cp if cp is not None else 'failed'}"
+    elif d in AUDIT_DECISIONS:
+        text = audit_summary(record)
     else:
         text = f"{d} ({reason})" if reason else d
     session = record.get("session_id")
@@ -78,6 +103,8 @@ def comment(record: dict[str, Any]) -> str:
             continue
         if key == "cache":
             value = "; ".join(f"{c['decision']} {c.get('session_id')} ({c.get('reason')})" for c in value)
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value)) or "none"
         lines.append(f"· {key}: {value}")
     return "\n".join(lines)
 

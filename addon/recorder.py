@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.hooks import UpdateHook
 
-from .decisions import MARKERS, JsonLinesLog, comment, redact_url
+from .decisions import JsonLinesLog, comment, marker, redact_url
 from .routes import Route, redact
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class DecisionRecorder:
         self.log = JsonLinesLog()
         self.decisions: Counter[str] = Counter()  # final flow decisions and cache changes
         self.outbound: Counter[str] = Counter()  # requests sent on, by upstream host:port
+        self.redraws: set[asyncio.Task[None]] = set()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -60,7 +63,7 @@ class DecisionRecorder:
         for key, value in fields.items():
             if value is not None:
                 record[key] = redact_url(value) if key.endswith("url") else value
-        flow.marked = MARKERS.get(decision, ":default:")
+        flow.marked = marker(record)
         flow.comment = comment(record)
 
     def cache_changed(
@@ -100,9 +103,22 @@ class DecisionRecorder:
         record = record_of(flow)
         if record is not None:
             self.decisions[record["decision"]] += 1
-            if flow.live and flow.is_replay != "response":  # replayed or read back: never sent
+            # Replayed, read back or answered by an injection rule: never sent.
+            if flow.live and flow.is_replay != "response" and not record.get("injected"):
                 self.outbound[f"{flow.request.host}:{flow.request.port}"] += 1
             self.log.write(record)
+
+    def refresh(self, flow: http.HTTPFlow, redraw: bool = True) -> None:
+        """A record changed after its flow ended: log it again and have mitmweb redraw the flow."""
+        record = record_of(flow)
+        if record is None:
+            return
+        flow.marked, flow.comment = marker(record), comment(record)
+        self.log.write(record)
+        if redraw:
+            task = asyncio.get_running_loop().create_task(ctx.master.addons.trigger_event(UpdateHook([flow])))
+            self.redraws.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self.redraws.discard)
 
     def done(self) -> None:
         self.log.close()

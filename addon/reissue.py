@@ -11,7 +11,7 @@ from mitmproxy.addons.clientplayback import ReplayHandler
 from mitmproxy.options import Options
 
 from . import paths
-from .fallback import MAX_GONE_BODY, decode_bounded, no_fallback_reason
+from .fallback import MAX_GONE_BODY, decode_bounded, is_browser_gone, no_fallback_reason
 from .recorder import DecisionRecorder, record_of
 from .router import BrowserRouting
 
@@ -24,6 +24,16 @@ def read_404_body(response: http.Response) -> bytes | None:
     if response.raw_content is None or len(response.raw_content) > MAX_GONE_BODY:
         return None
     return decode_bounded(response.raw_content, response.headers.get("content-encoding", ""))
+
+
+def may_be_gone(response: http.Response) -> bool:
+    """Whether an answer could be browser_gone, so is worth buffering: a 404 within the bound."""
+    declared = response.headers.get("content-length", "")
+    return response.status_code == 404 and not (declared.isdigit() and int(declared) > MAX_GONE_BODY)
+
+
+def is_gone(response: http.Response) -> bool:
+    return response.status_code == 404 and is_browser_gone(read_404_body(response))
 
 
 class ReissueOptions:
@@ -74,9 +84,7 @@ class ControlPlaneFallback:
             flow.response.stream = False  # its body is copied to the flow it serves
         elif record["decision"] == "routed":
             # Only a 404 to an eligible GET is read (browser_gone?); all else, SSE included, flows live.
-            declared = flow.response.headers.get("content-length", "")
-            too_big = declared.isdigit() and int(declared) > MAX_GONE_BODY
-            flow.response.stream = flow.response.status_code != 404 or too_big or not self.eligible_get(flow)
+            flow.response.stream = not (may_be_gone(flow.response) and self.eligible_get(flow))
 
     def eligible_get(self, flow: http.HTTPFlow) -> bool:
         """Whether a routed flow is a GET to a fallback-eligible path (judged on the client's path)."""

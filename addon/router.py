@@ -5,16 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
 from mitmproxy import ctx, exceptions, http
 
 from . import paths
+from .injector import FaultInjection
 from .recorder import METADATA_KEY, DecisionRecorder, record_of
 from .routes import Route, RouteCache, refusal_reason, routes_from_json
 
 logger = logging.getLogger(__name__)
+
+MODES = ("route", "audit")
+# Decisions of a request to the CP that went there as the client sent it.
+CP_DECISIONS = frozenset({"passthrough", "client_cp", "client_fallback"})
 
 
 def has_query_param(query: str, name: str) -> bool:
@@ -66,9 +72,13 @@ class VmAuthorizationGuard:
 class BrowserRouting:
     """Learns routes from control-plane responses and rewrites requests to the VM."""
 
-    def __init__(self, recorder: DecisionRecorder) -> None:
+    def __init__(self, recorder: DecisionRecorder, injector: FaultInjection) -> None:
         self.recorder = recorder
+        self.injector = injector
+        self.mode = "route"
         self.cache = RouteCache()
+        # Told of every route cached (reason) or evicted (reason), e.g. by the audit.
+        self.listeners: list[Callable[[str, Route, str], None]] = []
         self.origins: tuple[tuple[str, str, int], ...] = ()
         self.subresources: tuple[str, ...] = ()
         self.vm_hosts: tuple[str, ...] = ()
@@ -78,6 +88,11 @@ class BrowserRouting:
         self.guard = VmAuthorizationGuard()
 
     def load(self, loader: Any) -> None:
+        loader.add_option(
+            "browserrouting_mode", str, "route",
+            "route: rewrite allowlisted browser calls to the VM and fall back to the CP; audit: "
+            "rewrite nothing, judge a client that routes by itself against the same rules.",
+        )  # fmt: skip
         loader.add_option(
             "browserrouting_control_plane", str, "https://api.onkernel.com",
             "Comma-separated control-plane origins (scheme://host[:port]) whose browser "
@@ -101,7 +116,11 @@ class BrowserRouting:
             "browserrouting_subresources": ("subresources", paths.parse_path_entries),
             "browserrouting_vm_hosts": ("vm_hosts", paths.parse_host_globs),
         }
-        parsed = {}
+        if "browserrouting_mode" in updated and ctx.options.browserrouting_mode not in MODES:
+            raise exceptions.OptionsError(
+                f"browserrouting_mode: {ctx.options.browserrouting_mode!r} is not one of {', '.join(MODES)}"
+            )
+        parsed: dict[str, Any] = {}
         for name, (attr, parse) in parsers.items():
             if name in updated:
                 value = getattr(ctx.options, name)
@@ -115,11 +134,12 @@ class BrowserRouting:
                     raise exceptions.OptionsError(f"{name}: {e}{hint}") from None
         for attr, value in parsed.items():
             setattr(self, attr, value)
+        if "browserrouting_mode" in updated:
+            self.mode = ctx.options.browserrouting_mode
         if "browserrouting_vm_hosts" in updated:
             for route in self.cache:
                 if reason := refusal_reason(route.base_url, self.vm_hosts):
-                    self.cache.evict(route.session_id)
-                    self.recorder.cache_changed("route_evicted", reason, route)
+                    self.evict(route.session_id, reason)
 
     def running(self) -> None:
         # The guard must run after mitmproxy's own addons, which come after this script.
@@ -144,7 +164,7 @@ class BrowserRouting:
         if record is not None:  # a replayed flow is decided afresh, or not at all
             del flow.metadata[METADATA_KEY]
             flow.comment, flow.marked = "", ""
-        if not self.is_control_plane(flow.request):
+        if self.mode != "route" or not self.is_control_plane(flow.request):
             return
         path, query = paths.split_path(flow.request.path)
         sub = paths.parse_subresource_path(path)
@@ -164,8 +184,9 @@ class BrowserRouting:
         flow.request.url = vm_url(route, sub.tail, query)
         flow.request.headers.pop("authorization", None)
         self.recorder.decide(
-            flow, "routed", vm_url=flow.request.url, vm_host=f"{flow.request.host}:{flow.request.port}"
-        )
+            flow, "routed", vm_url=flow.request.url, vm_host=f"{flow.request.host}:{flow.request.port}",
+            injected=self.injector.apply(flow, (route.session_id, route.name), sub.tail),
+        )  # fmt: skip
 
     def request(self, flow: http.HTTPFlow) -> None:
         if (original := self.originals.get(flow.id)) is not None:
@@ -173,16 +194,17 @@ class BrowserRouting:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
-        if record is None or record["decision"] != "passthrough" or flow.response is None:
+        if record is None or record["decision"] not in CP_DECISIONS or flow.response is None:
             return
         if media_type(flow.response.headers) == "text/event-stream":  # a stream the CP serves stays live
             flow.response.stream = True
 
     def response(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
-        if record is None or record["decision"] != "passthrough" or not flow.response or not flow.live:
+        if record is None or record["decision"] not in CP_DECISIONS or not flow.response or not flow.live:
             return  # offline reads (mitmdump -nr) keep their recorded decisions and teach nothing
-        self.recorder.decide(flow, "passthrough", record["reason"], cp_status=flow.response.status_code)
+        if record["decision"] == "passthrough":
+            self.recorder.decide(flow, "passthrough", record["reason"], cp_status=flow.response.status_code)
         if 200 <= flow.response.status_code < 300:
             self.learn(flow)
 
@@ -211,10 +233,14 @@ class BrowserRouting:
             return refusal
         if self.cache.put(route):
             self.recorder.cache_changed("route_cached", reason, route, flow)
+            for listener in self.listeners:
+                listener("route_cached", route, reason)
         return None
 
     def evict(self, key: str, reason: str, flow: http.HTTPFlow | None = None) -> Route | None:
         route = self.cache.evict(key)
         if route is not None:
             self.recorder.cache_changed("route_evicted", reason, route, flow)
+            for listener in self.listeners:
+                listener("route_evicted", route, reason)
         return route

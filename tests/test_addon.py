@@ -30,8 +30,11 @@ from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.utils.emoji import emoji
 
 import addon.reissue as reissue_mod
+from addon import chain
+from addon.auditor import RoutingAudit
 from addon.commands import RouteCommands
 from addon.fallback import MAX_GONE_BODY
+from addon.injector import FaultInjection
 from addon.paths import DEFAULT_SUBRESOURCES, SUBRESOURCES_ENV
 from addon.persistence import RoutesFile
 from addon.recorder import METADATA_KEY, DecisionRecorder
@@ -311,10 +314,9 @@ def start(tctx: taddons.context, addons: list[Any]) -> None:
 
 @contextlib.contextmanager
 def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]) -> Iterator[Harness]:
-    # Built exactly as addon/browser_routing.py builds them.
-    recorder = DecisionRecorder()
-    router = BrowserRouting(recorder)
-    fallback = ControlPlaneFallback(router, recorder)
+    # Built exactly as addon/browser_routing.py builds them; the hooks that matter here.
+    parts = chain.Parts()
+    router, fallback, recorder = parts.router, parts.fallback, parts.recorder
     addons: list[Any] = [router, fallback, recorder]
     streamed: dict[str, bytes] = {}
     reissues = Reissues(addons, streamed)
@@ -1729,16 +1731,19 @@ async def test_secrets_never_in_clear(h: Harness, caplog: pytest.LogCaptureFixtu
 def test_entry_script_wires_the_addons_in_hook_order() -> None:
     module = load_script(str(ROOT / "addon" / "browser_routing.py"))
     assert module is not None
-    router, routes_file, fallback, commands, recorder = module.addons
+    router, routes_file, fallback, audit, injector, commands, recorder = module.addons
     assert isinstance(router, BrowserRouting)
     assert isinstance(routes_file, RoutesFile)
     assert isinstance(fallback, ControlPlaneFallback)
+    assert isinstance(audit, RoutingAudit)
+    assert isinstance(injector, FaultInjection)
     assert isinstance(commands, RouteCommands)
     assert isinstance(recorder, DecisionRecorder)
-    assert router.recorder is recorder
+    assert router.recorder is recorder and router.injector is injector
     assert routes_file.router is router and commands.router is router
-    assert fallback.router is router
-    assert fallback.recorder is recorder and commands.recorder is recorder
+    assert fallback.router is router and audit.router is router and audit.fallback is fallback
+    assert fallback.recorder is recorder and commands.recorder is recorder and audit.recorder is recorder
+    assert audit.injector is injector
 
 
 async def test_reissue_whose_answer_breaks_off_gives_502(h: Harness) -> None:

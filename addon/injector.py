@@ -1,0 +1,78 @@
+"""Answers VM requests from the proxy itself when a fault-injection rule says so."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from mitmproxy import command, ctx, exceptions, http
+
+from . import inject
+from .recorder import record_of
+
+logger = logging.getLogger(__name__)
+
+
+class FaultInjection:
+    """Owns `browserrouting_inject` and its commands. The router (route mode) or the audit
+    (audit mode) calls `apply` for each request bound to a VM for a known session."""
+
+    def __init__(self) -> None:
+        self.rules: list[inject.InjectRule] = []
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "browserrouting_inject", str, "",
+            "Comma-separated fault-injection rules SESSION[/PREFIX]=KIND[:COUNT]: the proxy "
+            "answers matching VM requests itself (KIND: gone, 404, 401, 403, 500, 502, 503, "
+            "504, reset); SESSION is an id, a browser name or *.",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        if "browserrouting_inject" in updated:
+            try:
+                self.rules = inject.parse_rules(ctx.options.browserrouting_inject)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"browserrouting_inject: {e}") from None
+
+    def apply(self, flow: http.HTTPFlow, keys: Iterable[str | None], tail: str) -> str | None:
+        """The kind injected for this VM request, if a rule matches. `reset` kills the flow
+        now; other kinds answer in the `request` hook, once the body has arrived."""
+        kind = inject.take(self.rules, keys, tail)
+        if kind == "reset":
+            flow.kill()
+        elif kind is not None:
+            flow.request.stream = False  # mitmproxy cannot answer a request it streams upstream
+        return kind
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        record = record_of(flow)
+        kind = record.get("injected") if record is not None else None
+        if kind is None or kind == "reset" or flow.response is not None or flow.error is not None:
+            return
+        if flow.request.stream:  # a chunked upload outgrew stream_large_bodies: already on its way
+            logger.warning(f"could not inject {kind} into flow {flow.id}: its body was streamed to the VM")
+            return
+        status, body = inject.answer(kind)
+        flow.response = http.Response.make(status, body, {"Content-Type": "application/json"})
+
+    @command.command("browserrouting.inject")
+    def add_rule(self, rule: str) -> None:
+        """Append a fault-injection rule SESSION[/PREFIX]=KIND[:COUNT]."""
+        try:
+            self.rules.append(inject.parse_rule(rule))
+        except ValueError as e:
+            raise exceptions.CommandError(f"browserrouting.inject: {e}") from None
+        logger.info(f"injection rule added: {self.rules[-1]}")
+
+    @command.command("browserrouting.inject.clear")
+    def clear_rules(self) -> None:
+        """Remove every fault-injection rule."""
+        self.rules = []
+
+    @command.command("browserrouting.inject.list")
+    def list_rules(self) -> str:
+        """The fault-injection rules, with what is left of their counts, as JSON."""
+        return json.dumps([rule.as_json() for rule in self.rules], ensure_ascii=False)
