@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,17 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "addon" / "browser_routing.py"
 _LISTENING = re.compile(r"listening at \*?([\d.]+):(\d+)")
 _WEB_LISTENING = re.compile(r"Web server listening at (\S+)")
+_XSRF = "5e1f0c0ffee5e1f0"  # mitmweb checks that the xsrf cookie and header agree
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class CommandFailed(Exception):
+    """A mitmproxy command answered with an error."""
 
 
 class Mitmdump:
@@ -47,6 +59,7 @@ class Mitmdump:
         self.output: list[str] = []
         self.port = 0
         self.web_url = ""  # mitmweb's UI address, with its access token
+        self._web: Any = None  # an httpx.Client on mitmweb's API, once a command is run
 
     @property
     def url(self) -> str:
@@ -60,6 +73,9 @@ class Mitmdump:
     def start(self, timeout: float = 20) -> Mitmdump:
         exe = Path(sys.executable).parent / self.tool
         args = [str(exe), "--listen-host", "127.0.0.1", "-p", "0"]
+        if self.tool == "mitmweb":  # its UI on loopback too, on a free port (it cannot take port 0)
+            args += ["--set", "web_host=127.0.0.1", "--set", f"web_port={free_port()}"]
+            args += ["--set", "web_open_browser=false"]
         if self.with_addon:
             args += ["-s", str(ENTRY)]
         for name, value in self.options.items():
@@ -94,7 +110,28 @@ class Mitmdump:
                 ready.set()
         ready.set()  # exited before listening
 
+    def command(self, name: str, *arguments: str) -> Any:
+        """Run a mitmproxy command (`browserrouting.inject`, ...) through mitmweb's HTTP API, as
+        its command bar does (tool="mitmweb" only); CommandFailed carries mitmproxy's message."""
+        import httpx
+
+        if self._web is None:
+            base = httpx.URL(self.web_url)
+            self._web = httpx.Client(base_url=f"{base.scheme}://{base.host}:{base.port}", trust_env=False)
+            self._web.get("/", params={"token": base.params["token"]})  # the auth cookie
+            self._web.cookies.set("_mitmproxy_xsrf", _XSRF)
+        got = self._web.post(
+            f"/commands/{name}", json={"arguments": list(arguments)}, headers={"X-XSRFToken": _XSRF}
+        )
+        answer = got.json()
+        if "error" in answer:
+            raise CommandFailed(answer["error"])
+        return answer["value"]
+
     def stop(self) -> int | None:
+        if self._web is not None:
+            self._web.close()
+            self._web = None
         if self.process is None:
             return None
         if self.process.poll() is None:
