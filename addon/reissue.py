@@ -142,8 +142,11 @@ class ControlPlaneFallback:
             )
 
     def error(self, flow: http.HTTPFlow) -> None:
+        # Not guarded by `flow.live`: a killed flow (flow.kill(), an injected reset, mitmweb's
+        # kill) is no longer live, and must still be decided and free its state. Offline reads
+        # reach here only with their recorded final decision, which this leaves as it was.
         record = record_of(flow)
-        if record is None or not flow.live:
+        if record is None:
             return
         why = flow.error.msg if flow.error else None
         if record["decision"] == "reissue":
