@@ -12,9 +12,10 @@ import binascii
 import json
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import urlsplit
 
 from . import paths
+from .paths import without_jwt
 from .routes import Route
 
 RULES = (
@@ -27,20 +28,6 @@ STALE_REASONS = frozenset({"browser_gone", "delete", "pool_release"})
 
 Origin = tuple[str, str, int]
 ExchangeKey = tuple[str, str, str, str]  # session, method, {subresource}{suffix}, query less jwt
-
-
-def query_params(query: str) -> list[tuple[str, str]]:
-    """(decoded name, raw piece) of each query parameter, in order."""
-    return [(unquote_plus(p.partition("=")[0]), p) for p in query.split("&") if p]
-
-
-def jwt_of(query: str) -> str | None:
-    """The decoded value of the first `jwt` query parameter, or None."""
-    return next((unquote_plus(p.partition("=")[2]) for n, p in query_params(query) if n == "jwt"), None)
-
-
-def without_jwt(query: str) -> str:
-    return "&".join(p for n, p in query_params(query) if n != "jwt")
 
 
 def session_claim(jwt: str) -> str | None:

@@ -15,8 +15,9 @@ from typing import Any
 from mitmproxy import command, ctx, exceptions, http
 
 from . import paths
-from .audit import Audit, VmExchange, jwt_of
+from .audit import Audit, VmExchange
 from .injector import FaultInjection
+from .paths import jwt_of
 from .recorder import DecisionRecorder, record_of
 from .reissue import ControlPlaneFallback, is_gone, may_be_gone
 from .router import BrowserRouting

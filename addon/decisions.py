@@ -6,12 +6,15 @@ Pure, no mitmproxy import. Records are JSON-able dicts and never hold a secret i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import IO, Any
 from urllib.parse import unquote_plus
 
 from .routes import redact
+
+logger = logging.getLogger(__name__)
 
 # Keys of mitmproxy/utils/emoji.py, so mitmweb draws them in the flow list.
 MARKERS = {
@@ -27,7 +30,13 @@ AUDIT_DECISIONS = frozenset({"client_routed", "client_cp", "client_fallback"})
 _DETAIL_ORDER = (
     "decision", "reason", "session_id", "method", "url", "vm_url", "vm_status",
     "cp_status", "reissue_flow", "serves", "violations", "notes", "injected", "flow_id", "error", "cache",
+    "cache_changes",
 )  # fmt: skip
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (JSON's "\\ud800") becomes an escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def redact_url(url: str) -> str:
@@ -103,6 +112,8 @@ def comment(record: dict[str, Any]) -> str:
             continue
         if key == "cache":
             value = "; ".join(f"{c['decision']} {c.get('session_id')} ({c.get('reason')})" for c in value)
+            more = record.get("cache_changes", 0) - len(record["cache"])
+            value += f"; and {more} more (see the log)" if more > 0 else ""
         elif isinstance(value, list):
             value = ", ".join(map(str, value)) or "none"
         lines.append(f"· {key}: {value}")
@@ -114,17 +125,30 @@ class JsonLinesLog:
 
     def __init__(self) -> None:
         self._file: IO[str] | None = None
+        self._failed = False
 
     def open(self, path: str) -> None:
         """Switch to `path` ("" closes); OSError when it cannot be opened for append."""
-        new = open(os.path.expanduser(path), "a", encoding="utf-8", buffering=1) if path else None  # noqa: SIM115
+        new = None
+        if path:  # backslashreplace: text that UTF-8 cannot hold is escaped, never fatal to a write
+            expanded = os.path.expanduser(path)
+            new = open(expanded, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # noqa: SIM115
         self.close()
         self._file = new
+        self._failed = False
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._file is not None:
-            line = {"ts": round(time.time(), 3), **record}
-            self._file.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+        """Never raises: a failing write (disk full, file gone) is reported once."""
+        if self._file is None:
+            return
+        try:
+            self._file.write(
+                json.dumps({"ts": round(time.time(), 3), **record}, ensure_ascii=False, default=str) + "\n"
+            )
+        except (OSError, ValueError) as e:
+            if not self._failed:
+                logger.warning(f"browserrouting_log: cannot write: {e}")
+            self._failed = True
 
     def close(self) -> None:
         if self._file is not None:

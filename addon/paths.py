@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urljoin, urlsplit, urlunsplit
 
 VERSION_PREFIX = r"(?:/v\d+)?"
 _SUBRESOURCE_PATH = re.compile(VERSION_PREFIX + r"/browsers/([^/]+)/([^/]+)(/.*)?$")
@@ -35,6 +35,44 @@ def split_path(path: str) -> tuple[str, str]:
     """Split a request target into (path, query) without decoding either."""
     path, _, query = path.partition("?")
     return path, query
+
+
+def query_params(query: str) -> list[tuple[str, str]]:
+    """(decoded name, raw piece) of each query parameter, in order."""
+    return [(unquote_plus(p.partition("=")[0]), p) for p in query.split("&") if p]
+
+
+def jwt_of(query: str) -> str | None:
+    """The decoded value of the first `jwt` query parameter, or None."""
+    return next((unquote_plus(p.partition("=")[2]) for n, p in query_params(query) if n == "jwt"), None)
+
+
+def without_jwt(query: str) -> str:
+    """The query with every `jwt` parameter removed, the rest kept byte for byte, in order."""
+    return "&".join(p for n, p in query_params(query) if n != "jwt")
+
+
+def map_location(location: str, vm_url: str, tail: str, cp_path: str) -> str | None:
+    """Where a routed answer's Location (or Content-Location) should send the client, or None
+    to leave it. The client resolves it against the CP URL it sent, so one under the route's
+    base_url goes back to the CP form (routed again on the follow-up) and any other relative
+    one is made absolute on the VM; neither keeps the jwt. `vm_url` is the URL the request was
+    sent to (base_url + "/" + tail), `cp_path` the path the client sent."""
+    vm, target = urlsplit(vm_url), urlsplit(urljoin(vm_url, location))
+    vm_path = vm.path
+    if not vm_path.endswith("/" + tail) or not cp_path.endswith(tail):
+        return None
+    base_path, cp_prefix = vm_path[: -len(tail) - 1], cp_path[: -len(tail)].rstrip("/")
+    same_origin = (target.scheme, target.netloc.lower()) == (vm.scheme, vm.netloc.lower())
+    if same_origin and (target.path == base_path or target.path.startswith(base_path + "/")):
+        return urlunsplit(
+            ("", "", cp_prefix + target.path[len(base_path) :], without_jwt(target.query), target.fragment)
+        )
+    if not urlsplit(location).netloc and not urlsplit(location).scheme:  # relative, elsewhere on the VM
+        return urlunsplit(
+            (target.scheme, target.netloc, target.path, without_jwt(target.query), target.fragment)
+        )
+    return None
 
 
 def has_dot_segment(path: str) -> bool:
@@ -75,13 +113,18 @@ def is_fallback_eligible(tail: str, eligible: tuple[str, ...]) -> bool:
 
 
 def route_source(method: str, path: str) -> str | None:
-    """What a CP browser-metadata call is (`create`, `list`, `retrieve`, `pool_acquire`),
-    or None for paths whose responses do not describe browsers."""
+    """What a CP browser-metadata call is (`create`, `list`, `retrieve`, `update`,
+    `pool_acquire`), or None for calls whose responses do not describe browsers. Like the
+    SDKs, any method but DELETE on the browsers paths teaches (a PATCH returns the browser)."""
     if method == "POST" and _POOL_ACQUIRE.match(path):
         return "pool_acquire"
+    if method == "DELETE":
+        return None
     if _BROWSERS_COLLECTION.match(path):
-        return {"POST": "create", "GET": "list"}.get(method)
-    return "retrieve" if method == "GET" and _BROWSER_BY_ID.match(path) else None
+        return {"POST": "create", "GET": "list"}.get(method, "update")
+    if _BROWSER_BY_ID.match(path):
+        return "retrieve" if method == "GET" else "update"
+    return None
 
 
 def deleted_browser_key(method: str, path: str) -> str | None:

@@ -10,12 +10,13 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.hooks import UpdateHook
 
-from .decisions import JsonLinesLog, comment, marker, redact_url
+from .decisions import JsonLinesLog, comment, marker, printable, redact_url
 from .routes import Route, redact
 
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = "browserrouting"
+MAX_CHANGES_ON_RECORD = 10
 
 
 def record_of(flow: http.HTTPFlow) -> dict[str, Any] | None:
@@ -74,23 +75,29 @@ class DecisionRecorder:
         change = {
             "decision": decision,
             "reason": reason,
-            "session_id": route.session_id,
-            "name": route.name,
-            "base_url": route.base_url,
-            "jwt": redact(route.jwt),
+            # Printable as they came, even a refused route's unencodable text.
+            "session_id": printable(route.session_id),
+            "name": printable(route.name) if route.name is not None else None,
+            "base_url": printable(route.base_url),
+            "jwt": printable(redact(route.jwt)),
             # The flow that caused the change; none for commands and the routes file.
             "method": flow.request.method if flow else None,
             "url": (record["url"] if record else redact_url(flow.request.url)) if flow else None,
             "flow_id": flow.id if flow else None,
         }
-        if flow is not None and record is not None:
-            record.setdefault("cache", []).append(
-                {k: change[k] for k in ("decision", "reason", "session_id")}
-            )
-            flow.comment = comment(record)
+        if record is not None:
+            # The first few on the record (its comment is rebuilt once, when the flow ends);
+            # a page of 20,000 browsers is counted, not listed. The log has every one.
+            record["cache_changes"] = record.get("cache_changes", 0) + 1
+            if record["cache_changes"] <= MAX_CHANGES_ON_RECORD:
+                record.setdefault("cache", []).append(
+                    {k: change[k] for k in ("decision", "reason", "session_id")}
+                )
         self.decisions[decision] += 1
-        level = logging.WARNING if decision == "route_refused" else logging.INFO
-        logger.log(level, f"{decision} {route.session_id} -> {route.base_url} ({reason})")
+        # One line per route cached would flood mitmproxy's event log on a large list page.
+        level = {"route_refused": logging.WARNING, "route_cached": logging.DEBUG}.get(decision, logging.INFO)
+        if logger.isEnabledFor(level):
+            logger.log(level, f"{decision} {change['session_id']} -> {change['base_url']} ({reason})")
         self.log.write(change)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -102,6 +109,8 @@ class DecisionRecorder:
     def _final(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         if record is not None:
+            if "cache_changes" in record:
+                flow.comment = comment(record)
             self.decisions[record["decision"]] += 1
             # Replayed, read back or answered by an injection rule: never sent.
             if flow.live and flow.is_replay != "response" and not record.get("injected"):

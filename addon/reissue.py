@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addons.clientplayback import ReplayHandler
@@ -85,6 +86,20 @@ class ControlPlaneFallback:
         elif record["decision"] == "routed":
             # Only a 404 to an eligible GET is read (browser_gone?); all else, SSE included, flows live.
             flow.response.stream = not (may_be_gone(flow.response) and self.eligible_get(flow))
+            self.map_locations(flow, record)
+
+    def map_locations(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
+        """A VM redirect must not send the client to the CP with the jwt (see paths.map_location)."""
+        assert flow.response is not None
+        names = [name for name in ("location", "content-location") if name in flow.response.headers]
+        cp_path = urlsplit(record["url"]).path if names else ""
+        sub = paths.parse_subresource_path(cp_path) if names else None
+        if sub is None:
+            return
+        for name in names:
+            mapped = paths.map_location(flow.response.headers[name], flow.request.url, sub.tail, cp_path)
+            if mapped is not None:
+                flow.response.headers[name] = mapped
 
     def eligible_get(self, flow: http.HTTPFlow) -> bool:
         """Whether a routed flow is a GET to a fallback-eligible path (judged on the client's path)."""

@@ -7,30 +7,29 @@ import logging
 import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote
 
 from mitmproxy import ctx, exceptions, http
 
 from . import paths
+from .fallback import MAX_GONE_BODY, decode_bounded
 from .injector import FaultInjection
 from .recorder import METADATA_KEY, DecisionRecorder, record_of
-from .routes import Route, RouteCache, refusal_reason, routes_from_json
+from .routes import Route, RouteCache, refusal_reason, route_refusal, routes_from_json
 
 logger = logging.getLogger(__name__)
 
 MODES = ("route", "audit")
+# A page of browsers, decoded: 20,000 browsers are about 10 MB; a larger body teaches nothing.
+MAX_BROWSERS_BODY = 32 * 1024 * 1024
 # Decisions of a request to the CP that went there as the client sent it.
 CP_DECISIONS = frozenset({"passthrough", "client_cp", "client_fallback"})
-
-
-def has_query_param(query: str, name: str) -> bool:
-    return any(unquote_plus(piece.partition("=")[0]) == name for piece in query.split("&") if piece)
 
 
 def vm_url(route: Route, tail: str, query: str) -> str:
     """The VM URL for `{subresource}{suffix}`: base_url's path joined with the raw tail,
     the client's query kept in order, the route's jwt added unless the client sent one."""
-    if not has_query_param(query, "jwt"):
+    if paths.jwt_of(query) is None:
         query = f"{query}&jwt={quote(route.jwt, safe='')}" if query else f"jwt={quote(route.jwt, safe='')}"
     return f"{route.base_url}/{tail}" + (f"?{query}" if query else "")
 
@@ -44,10 +43,15 @@ def is_json(headers: http.Headers) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-def json_body(message: http.Message) -> object:
-    """The message's JSON body, or None when it is absent, not decodable or not JSON."""
+def json_body(message: http.Message, limit: int) -> object:
+    """The message's JSON body, or None when it is absent, streamed, not in an HTTP content
+    coding, larger than `limit` once decoded, or not JSON. Never alters the message."""
+    raw = message.raw_content
+    if not raw:
+        return None
+    body = decode_bounded(raw, message.headers.get("content-encoding", ""), limit)
     try:
-        return json.loads(message.get_content(strict=True) or b"")
+        return json.loads(body) if body is not None else None
     except (ValueError, RecursionError):
         return None
 
@@ -181,7 +185,15 @@ class BrowserRouting:
         self.recorder.decide(flow, "routed", session_id=route.session_id)
         if flow.request.method == "GET":  # only a GET can fall back to the CP
             self.originals[flow.id] = flow.request.copy()
-        flow.request.url = vm_url(route, sub.tail, query)
+        client_url = flow.request.url
+        try:
+            flow.request.url = vm_url(route, sub.tail, query)
+        except (ValueError, UnicodeError) as e:  # never half-routed: the request goes on as it came
+            flow.request.url = client_url
+            self.originals.pop(flow.id, None)
+            why = f"the VM URL cannot be built ({type(e).__name__})"  # the message could hold the jwt
+            self.recorder.decide(flow, "passthrough", "rewrite_failed", error=why)
+            return
         flow.request.headers.pop("authorization", None)
         self.recorder.decide(
             flow, "routed", vm_url=flow.request.url, vm_host=f"{flow.request.host}:{flow.request.port}",
@@ -215,20 +227,21 @@ class BrowserRouting:
         if (key := paths.deleted_browser_key(method, path)) is not None:
             self.evict(key, "delete", flow)
         elif paths.is_pool_release(method, path):
-            body = json_body(flow.request)
+            body = json_body(flow.request, MAX_GONE_BODY)
             session_id = body.get("session_id") if isinstance(body, dict) else None
             if isinstance(session_id, str) and session_id.strip():
                 self.evict(session_id, "pool_release", flow)
         elif (source := paths.route_source(method, path)) and is_json(flow.response.headers):
-            doc = json_body(flow.response)
+            doc = json_body(flow.response, MAX_BROWSERS_BODY)
             if doc is None:
                 logger.debug(f"no routes learned from {flow.id}: the body is not JSON")
-            for route in routes_from_json(doc):
-                self.add(route, source, flow)
+            cached = sum(self.add(route, source, flow) is None for route in routes_from_json(doc))
+            if cached:
+                logger.info(f"{cached} route(s) learned from {source} ({flow.id})")
 
     def add(self, route: Route, reason: str, flow: http.HTTPFlow | None = None) -> str | None:
         """Cache a route unless its base_url is refused; returns the refusal reason."""
-        if refusal := refusal_reason(route.base_url, self.vm_hosts):
+        if refusal := route_refusal(route, self.vm_hosts):
             self.recorder.cache_changed("route_refused", refusal, route, flow)
             return refusal
         if self.cache.put(route):

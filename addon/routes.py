@@ -70,9 +70,11 @@ def refusal_reason(base_url: str, vm_hosts: tuple[str, ...]) -> str | None:
     """Why a base_url must not be used (`scheme`, `vm_host`), or None when it is fine."""
     try:
         parts = urlsplit(base_url)
-        parts.port  # noqa: B018 - raises on a malformed port
+        port = parts.port  # raises on a malformed port or one above 65535
     except ValueError:
         return "base_url"
+    if port == 0 or parts.netloc.endswith(":"):
+        return "base_url"  # mitmproxy would silently take the scheme's default port
     if any(c.isspace() or not c.isprintable() for c in base_url):
         return "base_url"
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -83,6 +85,16 @@ def refusal_reason(base_url: str, vm_hosts: tuple[str, ...]) -> str | None:
     if not any(fnmatch.fnmatchcase(host, glob) for glob in vm_hosts):
         return "vm_host"
     return None
+
+
+def route_refusal(route: Route, vm_hosts: tuple[str, ...]) -> str | None:
+    """Why a route must not be cached (`encoding`, or the base_url's reason), or None."""
+    try:
+        for text in (route.session_id, route.base_url, route.jwt, route.name or ""):
+            text.encode("utf-8")  # a lone surrogate ("\\ud800" in JSON) has no place in a URL or log
+    except UnicodeEncodeError:
+        return "encoding"
+    return refusal_reason(route.base_url, vm_hosts)
 
 
 class RouteCache:

@@ -535,8 +535,9 @@ async def test_success(h: Harness) -> None:
 @pytest.mark.parametrize("status", [201, 204, 301, 304, 399])
 async def test_routed_below_400_keeps_routed(h: Harness, status: int) -> None:
     flow = await routed(h)
-    vm = http.Response.make(status, b"", {"Location": "/elsewhere"})
-    expected = view(vm)
+    vm = http.Response.make(status, b"", {"Location": "/elsewhere?jwt=x&a=1"})
+    # a relative Location off the route's base_url is made absolute on the VM, without the jwt
+    expected = view(http.Response.make(status, b"", {"Location": f"https://{VM_HOST}:{VM_PORT}/elsewhere?a=1"}))
     await h.respond(flow, vm)
     assert h.reissues.copies == []
     assert (record(flow)["decision"], record(flow)["reason"], record(flow)["vm_status"]) == (
@@ -1045,8 +1046,8 @@ async def test_cache_reads_gzip_json_without_altering_it(h: Harness) -> None:
     ("method", "path"),
     [
         ("GET", f"/browsers/{SID}/fs/list"),  # a subresource answer (not routed: no route yet)
-        ("PUT", "/browsers"),
-        ("PATCH", f"/browsers/{SID}"),
+        ("DELETE", f"/browsers/{SID}"),  # a delete's own body never adds the route
+        ("DELETE", "/browsers"),
         ("GET", "/browser_pools/pool-1/acquire"),
         ("GET", "/profiles"),
         ("POST", "/browser_pools/pool-1/release"),
@@ -1055,6 +1056,22 @@ async def test_cache_reads_gzip_json_without_altering_it(h: Harness) -> None:
 async def test_cache_only_from_browser_metadata_paths(h: Harness, method: str, path: str) -> None:
     await h.exchange(cp_flow(method, path), json_response(200, browser()))
     assert len(h.router.cache) == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PATCH", f"/browsers/{SID}"),
+        ("PUT", f"/v1/browsers/{SID}"),
+        ("POST", f"/browsers/{SID}"),
+        ("PUT", "/browsers"),
+    ],
+)
+async def test_cache_learns_from_a_browser_update(h: Harness, method: str, path: str) -> None:
+    """As the SDKs do: any method but DELETE on the browsers paths returns browsers."""
+    flow = await h.exchange(cp_flow(method, path), json_response(200, browser()))
+    assert h.router.cache.get(SID) is not None
+    assert record(flow)["cache"] == [{"decision": "route_cached", "reason": "update", "session_id": SID}]
 
 
 async def test_one_cache_serves_every_cp_origin(h: Harness) -> None:
