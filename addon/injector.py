@@ -21,6 +21,8 @@ class FaultInjection:
 
     def __init__(self) -> None:
         self.rules: list[inject.InjectRule] = []
+        self.applied = ""  # the option value the rules came from
+        self.refused = False  # the last value set was refused: mitmproxy now rolls back to `applied`
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -31,11 +33,18 @@ class FaultInjection:
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
-        if "browserrouting_inject" in updated:
-            try:
-                self.rules = inject.parse_rules(ctx.options.browserrouting_inject)
-            except ValueError as e:
-                raise exceptions.OptionsError(f"browserrouting_inject: {e}") from None
+        if "browserrouting_inject" not in updated:
+            return
+        value = ctx.options.browserrouting_inject
+        if self.refused and value == self.applied:
+            self.refused = False  # the rollback: the rules (added by command, counts spent) stay
+            return
+        try:
+            rules = inject.parse_rules(value)
+        except ValueError as e:
+            self.refused = True
+            raise exceptions.OptionsError(f"browserrouting_inject: {e}") from None
+        self.rules, self.applied, self.refused = rules, value, False
 
     def apply(self, flow: http.HTTPFlow, keys: Iterable[str | None], tail: str) -> str | None:
         """The kind injected for this VM request, if a rule matches. `reset` kills the flow
