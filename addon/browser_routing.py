@@ -13,4 +13,4 @@ if _root not in sys.path:
 
 from addon.chain import Parts  # noqa: E402
 
-addons = Parts().chain
+addons = Parts.for_script().chain

@@ -54,6 +54,9 @@ class Mitmdump:
             self.options.setdefault("browserrouting_log", str(self.log_path))
         self.with_addon = with_addon
         self.tool = tool
+        if tool == "mitmweb":  # its UI on loopback too, on a free port (it cannot take port 0)
+            web = {"web_host": "127.0.0.1", "web_port": str(free_port()), "web_open_browser": "false"}
+            self.options = {**web, **self.options}
         self.extra_args = extra_args
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
@@ -73,9 +76,6 @@ class Mitmdump:
     def start(self, timeout: float = 20) -> Mitmdump:
         exe = Path(sys.executable).parent / self.tool
         args = [str(exe), "--listen-host", "127.0.0.1", "-p", "0"]
-        if self.tool == "mitmweb":  # its UI on loopback too, on a free port (it cannot take port 0)
-            args += ["--set", "web_host=127.0.0.1", "--set", f"web_port={free_port()}"]
-            args += ["--set", "web_open_browser=false"]
         if self.with_addon:
             args += ["-s", str(ENTRY)]
         for name, value in self.options.items():

@@ -1748,7 +1748,7 @@ async def test_secrets_never_in_clear(h: Harness, caplog: pytest.LogCaptureFixtu
 def test_entry_script_wires_the_addons_in_hook_order() -> None:
     module = load_script(str(ROOT / "addon" / "browser_routing.py"))
     assert module is not None
-    router, routes_file, fallback, audit, injector, commands, recorder = module.addons
+    router, routes_file, fallback, audit, injector, commands, recorder, parts = module.addons
     assert isinstance(router, BrowserRouting)
     assert isinstance(routes_file, RoutesFile)
     assert isinstance(fallback, ControlPlaneFallback)
@@ -1761,6 +1761,7 @@ def test_entry_script_wires_the_addons_in_hook_order() -> None:
     assert fallback.router is router and audit.router is router and audit.fallback is fallback
     assert fallback.recorder is recorder and commands.recorder is recorder and audit.recorder is recorder
     assert audit.injector is injector
+    assert isinstance(parts, chain.Parts) and parts.router is router
 
 
 async def test_reissue_whose_answer_breaks_off_gives_502(h: Harness) -> None:

@@ -25,7 +25,7 @@ class Proxy:
 
     def __init__(self, tctx: taddons.context, addons: list[Any]) -> None:
         self.tctx = tctx
-        self.router, self.routes_file, self.fallback, _, _, self.commands, self.recorder = addons
+        self.router, self.routes_file, self.fallback, _, _, self.commands, self.recorder, _ = addons
 
     async def send(
         self, method: str, path: str, response: http.Response | None = None, replay: bool = False
