@@ -94,9 +94,10 @@ class DecisionRecorder:
                     {k: change[k] for k in ("decision", "reason", "session_id")}
                 )
         self.decisions[decision] += 1
-        # One line per route cached would flood mitmproxy's event log on a large list page.
-        level = {"route_refused": logging.WARNING, "route_cached": logging.DEBUG}.get(decision, logging.INFO)
-        if logger.isEnabledFor(level):
+        # Routes cached are summed up per flow by the router: one event-log line per route
+        # would flood mitmproxy's log on a large list page. Every change is in the JSON-lines log.
+        if decision != "route_cached":
+            level = logging.WARNING if decision == "route_refused" else logging.INFO
             logger.log(level, f"{decision} {change['session_id']} -> {change['base_url']} ({reason})")
         self.log.write(change)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -15,13 +16,14 @@ from . import paths
 from .fallback import MAX_GONE_BODY, decode_bounded
 from .injector import FaultInjection
 from .recorder import METADATA_KEY, DecisionRecorder, record_of
-from .routes import Route, RouteCache, refusal_reason, route_refusal, routes_from_json
+from .routes import Route, RouteCache, iter_routes, refusal_reason, route_refusal
 
 logger = logging.getLogger(__name__)
 
 MODES = ("route", "audit")
 # A page of browsers, decoded: 20,000 browsers are about 10 MB; a larger body teaches nothing.
 MAX_BROWSERS_BODY = 32 * 1024 * 1024
+LEARN_SLICE = 500  # routes learned between two turns of the event loop
 # Decisions of a request to the CP that went there as the client sent it.
 CP_DECISIONS = frozenset({"passthrough", "client_cp", "client_fallback"})
 
@@ -211,17 +213,18 @@ class BrowserRouting:
         if media_type(flow.response.headers) == "text/event-stream":  # a stream the CP serves stays live
             flow.response.stream = True
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         if record is None or record["decision"] not in CP_DECISIONS or not flow.response or not flow.live:
             return  # offline reads (mitmdump -nr) keep their recorded decisions and teach nothing
         if record["decision"] == "passthrough":
             self.recorder.decide(flow, "passthrough", record["reason"], cp_status=flow.response.status_code)
         if 200 <= flow.response.status_code < 300:
-            self.learn(flow)
+            await self.learn(flow)
 
-    def learn(self, flow: http.HTTPFlow) -> None:
-        """Fill or evict the cache from a successful control-plane response."""
+    async def learn(self, flow: http.HTTPFlow) -> None:
+        """Fill or evict the cache from a successful control-plane response. A page of many
+        browsers is learned in slices, so that other flows go on meanwhile."""
         assert flow.response
         method, path = flow.request.method, paths.split_path(flow.request.path)[0]
         if (key := paths.deleted_browser_key(method, path)) is not None:
@@ -235,7 +238,11 @@ class BrowserRouting:
             doc = json_body(flow.response, MAX_BROWSERS_BODY)
             if doc is None:
                 logger.debug(f"no routes learned from {flow.id}: the body is not JSON")
-            cached = sum(self.add(route, source, flow) is None for route in routes_from_json(doc))
+            cached = 0
+            for n, route in enumerate(iter_routes(doc), 1):
+                cached += self.add(route, source, flow) is None
+                if n % LEARN_SLICE == 0:
+                    await asyncio.sleep(0)
             if cached:
                 logger.info(f"{cached} route(s) learned from {source} ({flow.id})")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -62,10 +63,12 @@ def iter_browser_objects(value: object) -> Iterator[dict[object, object]]:
             stack.extend(reversed(node))
 
 
-def routes_from_json(value: object) -> list[Route]:
-    return [r for obj in iter_browser_objects(value) if (r := route_from_object(obj))]
+def iter_routes(value: object) -> Iterator[Route]:
+    """Every route described in a JSON document, lazily (a page can hold thousands)."""
+    return (r for obj in iter_browser_objects(value) if (r := route_from_object(obj)))
 
 
+@functools.lru_cache(maxsize=1024)  # many routes share a base_url: a page of 20,000 has a handful
 def refusal_reason(base_url: str, vm_hosts: tuple[str, ...]) -> str | None:
     """Why a base_url must not be used (`scheme`, `vm_host`), or None when it is fine."""
     try:

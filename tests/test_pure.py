@@ -33,12 +33,12 @@ from addon.routes import (
     Route,
     RouteCache,
     dump_routes,
+    iter_routes,
     jwt_from_cdp_ws_url,
     load_routes,
     redact,
     refusal_reason,
     route_from_object,
-    routes_from_json,
 )
 
 BASE = "https://proxy.iad.vm.test:8443/browser/kernel"
@@ -322,6 +322,10 @@ def test_jwt_from_cdp_ws_url() -> None:
     assert jwt_from_cdp_ws_url("wss://[::1/?jwt=abc") is None  # unparseable URL
 
 
+def routes_of(doc: object) -> list[Route]:
+    return list(iter_routes(doc))
+
+
 def test_routes_from_json_nested_everywhere() -> None:
     doc = {
         "items": [
@@ -334,7 +338,7 @@ def test_routes_from_json_nested_everywhere() -> None:
         "pool": {"lease": {"browser": {"session_id": "c", "base_url": BASE, "jwt": "jc", "name": "named"}}},
         "has_more": False,
     }
-    routes = routes_from_json(doc)
+    routes = routes_of(doc)
     assert sorted(routes, key=lambda r: r.session_id) == [
         Route("a", BASE, "ja"),
         Route("b", BASE, "jb"),
@@ -343,11 +347,11 @@ def test_routes_from_json_nested_everywhere() -> None:
 
 
 def test_routes_from_json_top_level_list_and_scalars() -> None:
-    assert routes_from_json([{"session_id": "a", "base_url": BASE, "jwt": "j"}]) == [Route("a", BASE, "j")]
-    assert routes_from_json(None) == []
-    assert routes_from_json("text") == []
-    assert routes_from_json(42) == []
-    assert routes_from_json({"data": []}) == []
+    assert routes_of([{"session_id": "a", "base_url": BASE, "jwt": "j"}]) == [Route("a", BASE, "j")]
+    assert routes_of(None) == []
+    assert routes_of("text") == []
+    assert routes_of(42) == []
+    assert routes_of({"data": []}) == []
 
 
 @pytest.mark.parametrize(
