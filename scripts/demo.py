@@ -13,9 +13,23 @@ the addon's:
   (C) read the killed browser's telemetry events: falls back to the control plane
       once, the route is evicted, and the next read goes straight to the control plane.
 
+Then the live QA that the live service needs today (scripts/demo_live_qa.py), each with
+its own `mitmweb -s addon/browser_routing.py`, driven through mitmweb's command API:
+
+  (D) audit mode (`browserrouting_mode=audit`): the SDK routes by itself
+      (KERNEL_BROWSER_ROUTING_SUBRESOURCES=telemetry) and the proxy judges each exchange:
+      normal calls are clean; an injected 502 shows the SDK's retries on the VM; an
+      injected browser_gone is reported as missing_fallback and the next call as
+      stale_route, the expected findings for an SDK without a browser_gone fallback;
+  (E) route mode against a second simulator whose VM answers 502 for a deleted browser,
+      as the live VM proxy does: a browser deleted at the CP behind the proxy's back gives
+      the VM's 502 and no fallback; with browser_gone injected the addon falls back once
+      and the client gets the CP's answer (its 404 for the deleted browser; its page for a
+      browser killed on the VM only, which the CP still serves).
+
 Each step prints the addon's decision records for its flows, the outbound attempts per
 host as the simulator counted them, and PASS/FAIL per expectation. Exits 1 if any
-expectation fails, 2 if the simulator or mitmdump cannot start, 130 on Ctrl-C.
+expectation fails, 2 if a simulator, mitmdump or mitmweb cannot start, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from urllib.parse import quote
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
+import demo_live_qa  # noqa: E402
 import kernel  # noqa: E402
 from mitmdump_runner import Mitmdump  # noqa: E402
 from simulator import Simulator  # noqa: E402
@@ -46,6 +61,8 @@ HEADERS = {
     "A": "(A) live browser: its telemetry stream is routed to the VM host",
     "B": "(B) browser killed on the VM: re-opening the stream on the stale route does not fall back",
     "C": "(C) telemetry events of the killed browser fall back to the control plane",
+    "D": "(D) audit mode: the SDK routes by itself, the proxy judges every exchange",
+    "E": "(E) route mode, a VM that answers 502 for a gone browser: an injected browser_gone falls back",
 }
 Record = dict[str, Any]
 
@@ -56,14 +73,29 @@ class Demo:
         self.proxy = proxy
         self.client = client
         self.sid = ""
+        self.labels: dict[str, str] = {}  # session id -> how the output shows it
+        self.jwts: list[str] = []  # of every browser the demo created, never to be printed
+        self.logs = [proxy.log_path]
         self.passed = 0
         self.failed: list[str] = []
         self.printed: list[str] = []
         self._mark = 0
+        self.use(sim, proxy, client)
+
+    def use(self, sim: Simulator, proxy: Mitmdump, client: kernel.Kernel) -> None:
+        """Point the next steps at a simulator, a proxy (its decision log) and a client."""
+        self.sim, self.proxy, self.client = sim, proxy, client
         self.hosts = {
             f"{sim.vm_host}:{sim.vm_port}": "VM",
             f"{sim.cp_host}:{sim.cp_port}": "CP",
         }
+        if proxy.log_path not in self.logs:
+            self.logs.append(proxy.log_path)
+
+    def remember(self, session_id: str, label: str = "{id}") -> None:
+        """A browser the demo created: shown as `label`, its jwt checked for in no_secrets()."""
+        self.labels[session_id] = label
+        self.jwts.append(self.sim.jwt_for(session_id))
 
     # -- output ------------------------------------------------------------
 
@@ -80,7 +112,9 @@ class Demo:
             self.say(f"    FAIL: {what}" + (f" (got {got})" if got is not None else ""))
 
     def short(self, text: str) -> str:
-        return text.replace(self.sid, "{id}") if self.sid else text
+        for session_id, label in self.labels.items():
+            text = text.replace(session_id, label)
+        return text
 
     # -- decision log ------------------------------------------------------
 
@@ -109,6 +143,7 @@ class Demo:
                 flow = f"route cache: {r['session_id']}"
             else:
                 flow = f"{r['method']} /{r['url'].split('//', 1)[-1].split('/', 1)[-1]}"
+                flow += f" (injected {r['injected']})" if r.get("injected") else ""
             reason, vm, cp = r.get("reason") or "-", r.get("vm_status", "-"), r.get("cp_status", "-")
             self.say(f"    {r['decision']:<15}{reason:<14}{vm!s:<11}{cp!s:<11}{self.short(flow)}")
 
@@ -139,6 +174,7 @@ class Demo:
         self.mark()
         browser = self.client.browsers.create()
         self.sid = browser.session_id
+        self.remember(self.sid)
         cached = self.records(lambda rs: any(r["decision"] == "route_cached" for r in rs))
         self.say(f"    browser {self.sid} created through the proxy (shown as {{id}} below)")
         self.check(
@@ -252,11 +288,10 @@ class Demo:
         self.check(counts == {"VM": 0, "CP": 1}, "zero VM attempts, one CP request", counts)
 
     def no_secrets(self) -> None:
-        log = self.proxy.log_path.read_text() if self.proxy.log_path.exists() else ""
-        jwt = self.sim.jwt_for(self.sid) if self.sid else None
-        secrets = (API_KEY, jwt, quote(jwt, safe="")) if jwt else (API_KEY,)
-        seen = [s for s in secrets if any(s in text for text in (log, *self.printed))]
-        self.check(not seen, "no jwt or API key in clear in this output or the decision log")
+        logs = [path.read_text() for path in self.logs if path.exists()]
+        secrets = [API_KEY, *self.jwts, *(quote(jwt, safe="") for jwt in self.jwts)]
+        seen = [s for s in secrets if any(s in text for text in (*logs, *self.printed))]
+        self.check(not seen, "no jwt or API key in clear in this output or the decision logs")
 
 
 def proxy_options(sim: Simulator) -> dict[str, str]:
@@ -304,15 +339,16 @@ def steps(stack: contextlib.ExitStack) -> int:
     except RuntimeError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
-    # Read when the client is built: the SDK itself routes nothing, the proxy does.
-    os.environ["KERNEL_BROWSER_ROUTING_SUBRESOURCES"] = ""
     os.environ.pop("KERNEL_BASE_URL", None)
-    http_client = kernel.DefaultHttpxClient(proxy=proxy.url)
-    # No SDK retries: every attempt the simulator counts is one the client made once.
-    client = kernel.Kernel(
-        api_key=API_KEY, base_url=sim.cp_url, http_client=http_client, timeout=10, max_retries=0
-    )
+    # The SDK itself routes nothing, the proxy does. No SDK retries: every attempt the
+    # simulator counts is one the client made once.
+    client = demo_live_qa.sdk_client(API_KEY, sim.cp_url, routing="", proxy=proxy, max_retries=0)
     stack.callback(client.close)
+    try:
+        live = demo_live_qa.LiveQa.start(stack, sim, proxy_options, API_KEY)
+    except (OSError, RuntimeError) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
 
     demo = Demo(sim, proxy, client)
     demo.say(f"demo: simulator   CP {sim.cp_url}   VM {sim.vm_url}")
@@ -324,13 +360,24 @@ def steps(stack: contextlib.ExitStack) -> int:
         f"demo: kernel SDK {kernel.__version__} through the proxy, "
         "its own routing off (KERNEL_BROWSER_ROUTING_SUBRESOURCES=)"
     )
-    for step in (demo.step_a, demo.step_b, demo.step_c):
-        demo.say()
-        try:
-            step()
-        except Exception as exc:  # an unexpected error fails the step, and the steps after it
-            demo.check(False, f"{step.__name__} raised {type(exc).__name__}: {demo.short(str(exc))}")
-            break
+
+    def step_d() -> None:
+        demo.say(HEADERS["D"])
+        demo_live_qa.audit_sdk_routing(demo, live)
+
+    def step_e() -> None:
+        demo.say(HEADERS["E"])
+        demo_live_qa.live_like_route_mode(demo, live)
+
+    # An unexpected error fails its step and the steps of its group after it.
+    for group in ((demo.step_a, demo.step_b, demo.step_c), (step_d,), (step_e,)):
+        for step in group:
+            demo.say()
+            try:
+                step()
+            except Exception as exc:
+                demo.check(False, f"{step.__name__} raised {type(exc).__name__}: {demo.short(str(exc))}")
+                break
     demo.say()
     demo.no_secrets()
     print(f"demo: {demo.passed} passed, {len(demo.failed)} failed", flush=True)
@@ -343,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "Replay the reference's live scoping QA (steps A and B, plus the browser_gone "
             "fallback C) offline: the local Kernel simulator, a real mitmdump with the addon, "
-            "and the official kernel SDK through it. Exits non-zero if any expectation fails."
+            "and the official kernel SDK through it; then (D) audit the SDK's own routing and "
+            "(E) reach the fallback on a VM that answers 502, as live, by fault injection, each "
+            "through a mitmweb. Exits non-zero if any expectation fails."
         ),
     )
     parser.parse_args(argv)

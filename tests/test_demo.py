@@ -7,28 +7,84 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "scripts" / "demo.py"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+STEPS = {
+    "A": "(A) live browser",
+    "B": "(B) browser killed on the VM",
+    "C": "(C) telemetry events",
+    "D": "(D) audit mode",
+    "E": "(E) route mode, a VM that answers 502",
+}
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    # Under a minute, as the README promises.
     return subprocess.run([PYTHON, str(DEMO), *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
-def test_demo_replays_the_live_qa_and_passes() -> None:
-    done = run_demo()
-    out = done.stdout
-    assert done.returncode == 0, out + done.stderr
-    for step in ("(A) live browser", "(B) browser killed on the VM", "(C) telemetry events"):
-        assert re.search(rf"^{re.escape(step)}", out, re.MULTILINE), f"missing step header {step!r}"
+@pytest.fixture(scope="module")
+def demo() -> subprocess.CompletedProcess[str]:
+    return run_demo()
+
+
+def section(out: str, step: str) -> str:
+    """The output of one step: from its header to the next blank line."""
+    match = re.search(rf"^{re.escape(STEPS[step])}.*?(?=^$)", out, re.MULTILINE | re.DOTALL)
+    assert match, f"missing step header {STEPS[step]!r}"
+    return match.group(0)
+
+
+def passes(text: str) -> list[str]:
+    return re.findall(r"^\s+PASS  (.*)$", text, re.MULTILINE)
+
+
+def test_demo_replays_the_live_qa_and_passes(demo: subprocess.CompletedProcess[str]) -> None:
+    out = demo.stdout
+    assert demo.returncode == 0, out + demo.stderr
+    for step in STEPS:
+        assert passes(section(out, step)), f"step {step} checked nothing"
     assert "FAIL" not in out
     summary = re.search(r"^demo: (\d+) passed, (\d+) failed$", out, re.MULTILINE)
-    assert summary and int(summary.group(1)) >= 9 and summary.group(2) == "0"
-    assert len(re.findall(r"^\s+PASS\b", out, re.MULTILINE)) == int(summary.group(1))
+    assert summary and int(summary.group(1)) >= 30 and summary.group(2) == "0"
+    assert len(passes(out)) == int(summary.group(1))
     # Secrets never show: the fake API key, or a jwt (the simulator's start with "tok+").
     assert "sk-demo" not in out and "tok+" not in out and "tok%2B" not in out
+
+
+def test_demo_audits_the_sdks_own_routing_and_finds_no_browser_gone_fallback(
+    demo: subprocess.CompletedProcess[str],
+) -> None:
+    d = section(demo.stdout, "D")
+    assert "browserrouting_mode=audit" in d and "KERNEL_BROWSER_ROUTING_SUBRESOURCES=telemetry" in d
+    assert len(passes(d)) >= 8 and "FAIL" not in d
+    # Normal calls audit clean, the 502s show the SDK's retries on the VM.
+    assert len(re.findall(r"^\s+client_routed\s+VM 200\s+ok\s", d, re.MULTILINE)) >= 2
+    assert re.search(r"^\s+client_routed\s+VM 502\s+ok \[vm_retry, injected 502\]", d, re.MULTILINE)
+    # The injected browser_gone: missing_fallback (logged again after the window), then stale_route.
+    assert re.search(r"^\s+client_routed\s+VM 404\s+missing_fallback \[injected gone\]", d, re.MULTILINE)
+    assert re.search(r"^\s+client_routed\s+VM 200\s+stale_route\s", d, re.MULTILINE)
+    findings = [p for p in passes(d) if p.startswith("expected finding for kernel")]
+    assert [("missing_fallback" in p, "stale_route" in p) for p in findings] == [(True, False), (False, True)]
+    assert re.search(r"missing_fallback 1/1 .*stale_route \d+/1 ", d)
+
+
+def test_demo_on_a_live_like_vm_gets_the_502_and_falls_back_only_when_gone_is_injected(
+    demo: subprocess.CompletedProcess[str],
+) -> None:
+    e = section(demo.stdout, "E")
+    assert "502 bad_gateway for a deleted or killed browser" in e and "deleted at the CP directly" in e
+    assert len(passes(e)) >= 10 and "FAIL" not in e
+    assert re.search(r"^\s+no_fallback\s+status\s+502\s", e, re.MULTILINE)
+    assert "client got InternalServerError 502" in e
+    fallbacks = re.findall(r"^\s+fallback\s+-\s+404\s+(\d+)\s+.*\(injected gone\)$", e, re.MULTILINE)
+    assert fallbacks == ["404", "200"], "the CP's answer for a deleted browser, then for a killed one"
+    assert len(re.findall(r"^\s+reissue\s", e, re.MULTILINE)) == 2
+    assert re.search(r"client got a page of 5 events: cp-\{id2\}-1", e)
 
 
 def test_demo_help() -> None:
