@@ -1,0 +1,415 @@
+"""Unit tests of the pure parts of live QA: injection rules (addon/inject.py), the audit's
+judgement (addon/audit.py, driven with times of our choosing) and how audited records read
+(addon/decisions.py). The audit's timer in addon/auditor.py is in tests/test_auditor_timer.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from mitmproxy.utils.emoji import emoji
+
+from addon import inject, paths
+from addon.audit import RULES, Audit, Verdict, session_claim
+from addon.decisions import audit_summary, comment, marker
+from addon.routes import Route
+
+SID, NAME = "sess-1", "qa-name"
+JWT = "tok+jwt/1="
+BASE = "https://proxy.vm.test:8443/browser/kernel"
+ORIGIN = ("https", "proxy.vm.test", 8443)
+EVENTS = "telemetry/events"
+
+
+# =========================================================================== inject.py
+
+
+@pytest.mark.parametrize(
+    ("text", "session", "prefix", "kind", "left"),
+    [
+        ("s=gone", "s", "", "gone", None),
+        ("*=reset", "*", "", "reset", None),
+        (" s/telemetry/events=502:3 ", "s", "telemetry/events", "502", 3),
+        ("s//telemetry//stream/=404:1", "s", "telemetry/stream", "404", 1),
+        ("qa-name/fs=401", "qa-name", "fs", "401", None),
+        *[(f"s={k}", "s", "", k, None) for k in ("403", "500", "503", "504")],
+    ],
+)
+def test_parse_rule_accepts_every_kind_prefix_and_count(
+    text: str, session: str, prefix: str, kind: str, left: int | None
+) -> None:
+    rule = inject.parse_rule(text)
+    assert (rule.session, rule.prefix, rule.kind, rule.left) == (session, prefix, kind, left)
+    assert inject.parse_rule(str(rule)) == rule, "a rule prints as it parses"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["x=teapot", "=gone", "s=gone:0", "s=gone:x", "s=gone:-1", "s=gone:", "s/../x=gone",
+     "s/%2e%2e/x=gone", "s/./x=gone", "s", "s=", "a b=gone", "s/tele metry=gone", "s/%zz=gone"],
+)  # fmt: skip
+def test_parse_rule_refuses_a_bad_rule_naming_it(bad: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        inject.parse_rule(bad)
+    assert repr(bad.strip()) in str(refused.value)
+
+
+def test_parse_rules_skips_empty_entries_and_names_the_bad_one() -> None:
+    assert [str(r) for r in inject.parse_rules(" a=gone, ,b/fs=502:2,")] == ["a=gone", "b/fs=502:2"]
+    assert inject.parse_rules("") == []
+    with pytest.raises(ValueError, match="'b=teapot'"):
+        inject.parse_rules("a=gone,b=teapot")
+
+
+def test_take_uses_the_first_matching_rule_and_spends_its_count() -> None:
+    rules = inject.parse_rules("s/fs=401:1,s=500:2,*=503")
+    taken = [inject.take(rules, ("s", None), t) for t in ("fs/x", "fs/x", "curl", "fs")]
+    assert taken == ["401", "500", "500", "503"]
+    assert [r.left for r in rules] == [0, 0, None]
+    assert [r.as_json()["left"] for r in rules] == [0, 0, None]
+    assert inject.take(inject.parse_rules("s=gone"), ("other", None), "fs") is None
+
+
+TAILS = (
+    "telemetry",
+    "telemetry/events",
+    "telemetry/stream",
+    "telemetry/streamx",
+    "telemetry/stream/x",
+    "telemetryx",
+)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "matched"),
+    [
+        ("telemetry", set(TAILS[:-1])),
+        ("telemetry/stream", {"telemetry/stream", "telemetry/stream/x"}),
+        ("tele", set()),
+    ],
+)
+def test_take_matches_prefixes_on_segment_boundaries(prefix: str, matched: set[str]) -> None:
+    rules = inject.parse_rules(f"s/{prefix}=500")
+    assert {t for t in TAILS if inject.take(rules, ("s",), t)} == matched
+    assert inject.take(inject.parse_rules("s/telemetry/events=500"), ("s",), "telemetry//events/") == "500"
+
+
+def test_take_keys_are_the_session_id_and_its_browser_name() -> None:
+    keys = (SID, NAME)
+    assert inject.take(inject.parse_rules(f"{NAME}=403"), keys, EVENTS) == "403"
+    assert inject.take(inject.parse_rules(f"{SID}=401"), keys, EVENTS) == "401"
+    assert inject.take(inject.parse_rules("None=401"), (SID, None), EVENTS) is None
+    assert inject.take(inject.parse_rules("*=504"), (SID, None), EVENTS) == "504"
+
+
+@pytest.mark.parametrize("kind", [k for k in inject.KINDS if k != "reset"])
+def test_answer_is_the_kinds_status_and_a_json_object(kind: str) -> None:
+    status, body = inject.answer(kind)
+    doc = json.loads(body)
+    assert status == (404 if kind == "gone" else int(kind))
+    if kind == "gone":
+        assert doc == {"code": "browser_gone", "message": "browser not found"}
+    else:
+        assert isinstance(doc, dict) and doc["code"] != "browser_gone" and doc["message"]
+
+
+# =========================================================================== audit.py
+
+
+def new_audit(window: float = 1.0) -> Audit:
+    audit = Audit()
+    audit.subresources = paths.parse_path_entries("telemetry,fs")
+    audit.eligible = paths.parse_path_entries(EVENTS)
+    audit.window = window
+    audit.route_cached(Route(SID, BASE, JWT, NAME))
+    return audit
+
+
+def vm(
+    audit: Audit, flow_id: str, t: float, tail: str = EVENTS, method: str = "GET", query: str = "",
+    jwt: str | None = JWT, api_key: bool = False, session: str | None = SID,
+) -> tuple[Verdict, list[Any]]:  # fmt: skip
+    """A VM request as the client sent it (the jwt in its query) at time t."""
+    full = "&".join(filter(None, [query, f"jwt={quote(jwt, safe='')}" if jwt else ""]))
+    return audit.vm_request(flow_id, session, JWT, jwt, api_key, method, tail, full, t)
+
+
+def answered(audit: Audit, flow_id: str, t: float, status: int | None, gone: bool = False, **kw: Any) -> Any:
+    verdict, _ = vm(audit, flow_id, t, **kw)
+    assert verdict.exchange is not None
+    audit.vm_answered(verdict.exchange, status, gone, t)
+    return verdict.exchange
+
+
+def cp(
+    audit: Audit, flow_id: str, t: float, tail: str | None = EVENTS, method: str = "GET", query: str = "",
+    by_id: bool = True, cached: bool = True, has_jwt: bool = False,
+) -> tuple[str, Verdict]:  # fmt: skip
+    return audit.cp_request(flow_id, SID, by_id, cached, has_jwt, method, tail, query, t)
+
+
+def test_a_conforming_vm_request_breaks_no_rule_and_each_rule_counts_it() -> None:
+    audit = new_audit()
+    verdict, settled = vm(audit, "f1", 1.0)
+    assert (verdict.violations, verdict.notes, settled) == ([], [], [])
+    table: Any = audit.table()
+    checked = {r for r, v in table["rules"].items() if v["checked"]}
+    assert checked == {"api_key_on_vm", "jwt_mismatch", "not_allowlisted", "stale_route"}
+    assert set(table["rules"]) == set(RULES)
+    assert table["notes"] == dict.fromkeys(("vm_retry", "auth_fallback", "injected"), 0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "violations"),
+    [
+        ({"api_key": True}, ["api_key_on_vm"]),
+        ({"jwt": "tok+other"}, ["jwt_mismatch"]),
+        ({"jwt": None}, ["jwt_mismatch"]),
+        ({"tail": "process/exec"}, ["not_allowlisted"]),
+        ({"tail": "telemetryx/events"}, ["not_allowlisted"]),
+        ({"api_key": True, "tail": "curl"}, ["api_key_on_vm", "not_allowlisted"]),
+    ],
+)
+def test_vm_request_violations(kw: dict[str, Any], violations: list[str]) -> None:
+    audit = new_audit()
+    assert vm(audit, "f1", 1.0, **kw)[0].violations == violations
+    assert all(audit.broken[v] == ["f1"] for v in violations)
+
+
+@pytest.mark.parametrize(
+    ("reason", "stale"),
+    [("browser_gone", True), ("delete", True), ("pool_release", True), ("vm_host", False)],
+)
+def test_stale_route_after_the_vm_said_gone_or_the_cp_deleted_or_released(reason: str, stale: bool) -> None:
+    audit = new_audit()
+    audit.route_evicted(Route(SID, BASE, JWT), reason)
+    assert vm(audit, "f1", 1.0)[0].violations == (["stale_route"] if stale else [])
+    audit.route_cached(Route(SID, BASE, JWT))  # learned again: no longer stale
+    assert vm(audit, "f2", 2.0)[0].violations == []
+
+
+def test_cp_requests_jwt_on_cp_and_not_routed() -> None:
+    audit = new_audit()
+    assert cp(audit, "c1", 1.0, has_jwt=True, tail=None) == ("client_cp", Verdict(["jwt_on_cp"]))
+    assert cp(audit, "c2", 1.0)[1].violations == ["not_routed"]
+    assert cp(audit, "c3", 1.0, by_id=False)[1].violations == [], "by name: the SDKs route by id only"
+    assert cp(audit, "c4", 1.0, cached=False)[1].violations == []
+    assert cp(audit, "c5", 1.0, tail="process/exec")[1].violations == []
+    assert audit.broken["not_routed"] == ["c2"] and audit.checked["not_routed"] == 5
+
+
+def test_a_fallback_after_browser_gone_to_an_eligible_get_conforms_and_settles_it() -> None:
+    audit = new_audit()
+    ex = answered(audit, "v1", 10.0, 404, gone=True, query="limit=2&offset=0")
+    assert ex.missing and audit.checked["missing_fallback"] == 1
+    decision, verdict = cp(audit, "c1", 10.2, query="limit=2&offset=0")
+    assert (decision, verdict.violations, verdict.exchange) == ("client_fallback", [], ex)
+    assert not audit.missing_fallback(ex) and audit.broken["missing_fallback"] == []
+    assert cp(audit, "c2", 10.3, query="offset=0&limit=2")[0] == "client_cp", "same query, in order"
+
+
+@pytest.mark.parametrize(
+    ("status", "gone", "method", "tail"),
+    [(200, False, "GET", EVENTS), (302, False, "GET", EVENTS), (500, False, "GET", EVENTS),
+     (502, False, "GET", EVENTS), (None, False, "GET", EVENTS), (404, False, "GET", EVENTS),
+     (400, False, "GET", EVENTS), (409, False, "GET", EVENTS), (404, True, "POST", EVENTS),
+     (404, True, "GET", "telemetry/stream")],
+)  # fmt: skip
+def test_unexpected_fallback_after_an_answer_that_allows_none(
+    status: int | None, gone: bool, method: str, tail: str
+) -> None:
+    audit = new_audit()
+    answered(audit, "v1", 5.0, status, gone, method=method, tail=tail)
+    decision, verdict = cp(audit, "c1", 5.5, method=method, tail=tail)
+    assert (decision, verdict.violations, verdict.notes) == ("client_fallback", ["unexpected_fallback"], [])
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_fallback_after_401_or_403_is_the_sdks_auth_fallback(status: int) -> None:
+    audit = new_audit()
+    answered(audit, "v1", 5.0, status, tail="fs/read_file", query="path=/x")
+    decision, verdict = cp(audit, "c1", 5.9, tail="fs/read_file", query="path=/x")
+    assert (decision, verdict.violations, verdict.notes) == ("client_fallback", [], ["auth_fallback"])
+
+
+@pytest.mark.parametrize(
+    ("cp_status", "repeated"), [(500, False), (503, False), (None, False), (200, True), (404, True)]
+)
+def test_repeated_fallback_unless_the_cp_itself_failed(cp_status: int | None, repeated: bool) -> None:
+    audit = new_audit()
+    ex = answered(audit, "v1", 5.0, 404, gone=True)
+    assert cp(audit, "c1", 5.1)[1].violations == []
+    audit.fallback_answered(ex, cp_status)
+    assert cp(audit, "c2", 5.2)[1].violations == (["repeated_fallback"] if repeated else [])
+    audit.fallback_answered(ex, 200)
+    assert cp(audit, "c3", 5.3)[1].violations == ["repeated_fallback"], "one retry per CP failure"
+    assert ex.fallbacks == ["c1", "c2", "c3"]
+
+
+def test_the_window_boundary_just_inside_and_just_outside() -> None:
+    audit = new_audit(window=0.5)
+    answered(audit, "v1", 8.0, 404, gone=True)
+    answered(audit, "v2", 8.0, 401, tail="fs/read_file")
+    assert cp(audit, "c1", 8.5)[0] == "client_fallback"
+    decision, verdict = cp(audit, "c2", 8.5 + 2**-10, tail="fs/read_file")
+    assert (decision, verdict.violations) == ("client_cp", ["not_routed"])
+
+
+def test_vm_retry_is_noted_after_a_5xx_or_no_answer_within_the_window() -> None:
+    audit = new_audit(window=1.0)
+    answered(audit, "v1", 1.0, 502)
+    assert vm(audit, "v2", 1.5)[0].notes == ["vm_retry"]
+    answered(audit, "v3", 3.0, None, query="a=1")
+    assert vm(audit, "v4", 3.2, query="a=1")[0].notes == ["vm_retry"]
+    assert vm(audit, "v5", 3.2, query="a=2")[0].notes == [], "another request"
+    answered(audit, "v6", 5.0, 404, query="b=1")
+    assert vm(audit, "v7", 5.1, query="b=1")[0].notes == []
+    answered(audit, "v8", 7.0, 500, query="c=1")
+    assert vm(audit, "v9", 8.5, query="c=1")[0].notes == [], "after the window"
+    assert audit.notes["vm_retry"] == 2
+
+
+def test_missing_fallback_settled_when_the_window_ends_counts_once() -> None:
+    audit = new_audit()
+    ex = answered(audit, "v1", 1.0, 404, gone=True)
+    assert audit.missing_fallback(ex) and not audit.missing_fallback(ex)
+    assert audit.broken["missing_fallback"] == ["v1"] and audit.awaiting == {}
+
+
+def test_missing_fallback_settled_by_the_next_vm_request_of_the_session() -> None:
+    audit = new_audit()
+    ex = answered(audit, "v1", 1.0, 404, gone=True)
+    assert vm(audit, "o1", 1.1, session="other-session", jwt="tok+o")[1] == []
+    settled = vm(audit, "v2", 1.2, tail="telemetry/stream")[1]
+    assert settled == [ex] and vm(audit, "v3", 1.3)[1] == []
+    assert audit.missing_fallback(ex) and audit.broken["missing_fallback"] == ["v1"]
+
+
+def test_a_browser_gone_that_allows_no_fallback_needs_none() -> None:
+    audit = new_audit()
+    for i, (method, tail) in enumerate([("POST", EVENTS), ("GET", "telemetry/stream")]):
+        assert not answered(audit, f"v{i}", 1.0, 404, gone=True, method=method, tail=tail).missing
+    assert audit.checked["missing_fallback"] == 0 and audit.awaiting == {}
+
+
+def test_forget_old_keeps_memory_flat_over_many_exchanges() -> None:
+    audit = new_audit(window=0.5)
+    sizes = []
+    for i in range(5000):
+        t = i * 0.01
+        ex = answered(audit, f"v{i}", t, 404, gone=True, query=f"offset={i}")
+        if i % 2:
+            cp(audit, f"c{i}", t, query=f"offset={i}")
+        for settled in vm(audit, f"s{i}", t, tail="fs/read_file", query=f"i={i}")[1]:
+            audit.missing_fallback(settled)
+        assert not ex.missing
+        sizes.append(len(audit.exchanges))
+    assert max(sizes) <= 2 * 52 and audit.awaiting == {}
+    assert len(audit.broken["missing_fallback"]) == 2500
+
+
+def test_session_of_a_jwt_is_the_cached_routes_else_the_unsigned_claim() -> None:
+    audit = new_audit()
+    assert audit.session_of(JWT) == SID and audit.session_of(None) is None
+    assert audit.session_of(unsigned({"session": {"id": "sess-9"}})) == "sess-9"
+    assert audit.session_of("not-a-jwt") is None
+
+
+def unsigned(payload: object, raw: bytes | None = None) -> str:
+    """A jwt with no signature; the payload unpadded base64url as jwts carry it."""
+    data = raw if raw is not None else json.dumps(payload).encode()
+    part = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    return f"eyJhbGciOiJub25lIn0.{part}."
+
+
+@pytest.mark.parametrize("claim", ["s", "sess-ab", "sess-abc", " sess-x "])  # every padding length
+def test_session_claim_reads_session_id_from_the_payload(claim: str) -> None:
+    assert session_claim(unsigned({"session": {"id": claim}, "exp": 1})) == claim.strip()
+
+
+@pytest.mark.parametrize(
+    "jwt",
+    ["", "a.b", "a.b.c.d", "h.!!!.s", unsigned([1]), unsigned({"session": "sess-1"}),
+     unsigned({"session": {"id": 5}}), unsigned({"session": {"id": " "}}), unsigned({"sub": "x"}),
+     unsigned(None, b"\xff\xfe"), unsigned(None, b"[" * 100_000)],
+)  # fmt: skip
+def test_session_claim_refuses_junk(jwt: str) -> None:
+    assert session_claim(jwt) is None
+
+
+def test_jwt_of_and_without_jwt() -> None:
+    assert paths.jwt_of("a=1&jwt=tok%2Bx%2F%3D&b=2") == "tok+x/="
+    assert paths.jwt_of("%6Awt=x&jwt=y") == "x", "the first, name decoded"
+    assert paths.jwt_of("jwtx=1&a=jwt") is None
+    assert paths.without_jwt("b=%20&jwt=x&a=1&jwt=y&c") == "b=%20&a=1&c"
+    assert paths.without_jwt("jwt=x") == ""
+
+
+@pytest.mark.parametrize(
+    ("path", "tail"),
+    [
+        ("/browser/kernel/telemetry/events", EVENTS),
+        ("/browser/kernel/fs/a/b", "fs/a/b"),
+        ("/browser/kernelx/telemetry/events", None),
+        ("/browser/kernel", None),
+        ("/browser/telemetry/events", None),
+    ],
+)
+def test_vm_tail_is_under_a_base_url_on_a_path_boundary(path: str, tail: str | None) -> None:
+    assert new_audit().vm_tail(ORIGIN, path) == tail
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [("https", "proxy.vm.test", 443), ("http", "proxy.vm.test", 8443), ("https", "other.vm.test", 8443)],
+)
+def test_vm_tail_needs_the_base_urls_origin(origin: Any) -> None:
+    assert new_audit().vm_tail(origin, "/browser/kernel/telemetry/events") is None
+
+
+def test_vm_tail_with_default_port_trailing_slash_and_host_case() -> None:
+    audit = Audit()
+    audit.route_cached(Route("s2", "https://PROXY.vm.test/browser/kernel/", "j2"))
+    assert audit.vm_tail(("https", "proxy.vm.test", 443), "/browser/kernel/curl/raw") == "curl/raw"
+
+
+# =========================================================================== decisions.py
+
+
+AUDITED = ("client_routed", "client_cp", "client_fallback")
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        *[({"decision": d, "violations": []}, ":white_check_mark:") for d in AUDITED],
+        *[({"decision": d, "violations": ["jwt_on_cp"]}, ":warning:") for d in AUDITED],
+        ({"decision": "client_cp"}, ":white_check_mark:"),
+        ({"decision": "routed", "violations": ["x"]}, ":rocket:"),
+    ],
+)
+def test_marker_says_whether_an_audited_flow_conforms(record: dict[str, Any], expected: str) -> None:
+    assert marker(record) == expected and expected in emoji
+
+
+@pytest.mark.parametrize(
+    ("record", "summary"),
+    [
+        ({"decision": "client_routed", "vm_status": 200}, "audit ok: client_routed, VM 200"),
+        ({"decision": "client_routed", "violations": ["jwt_mismatch", "stale_route"]},
+         "audit jwt_mismatch: client_routed, VM no answer"),
+        ({"decision": "client_routed", "vm_status": 404, "injected": "gone",
+          "notes": ["vm_retry", "injected"]},
+         "audit ok: client_routed, VM 404 (injected gone) [vm_retry, injected]"),
+        ({"decision": "client_cp", "violations": ["not_routed"], "cp_status": 200},
+         "audit not_routed: client_cp, CP 200"),
+        ({"decision": "client_fallback", "serves": "f-1", "notes": ["auth_fallback"]},
+         "audit ok: client_fallback of flow f-1, CP no answer [auth_fallback]"),
+    ],
+)  # fmt: skip
+def test_audit_summary_starts_with_ok_or_the_first_violation(record: dict[str, Any], summary: str) -> None:
+    assert audit_summary(record) == summary
+    assert comment({**record, "session_id": SID}).splitlines()[0] == f"{summary} [{SID}]"
