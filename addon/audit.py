@@ -93,6 +93,7 @@ class Audit:
         self.sessions_by_jwt: dict[str, str] = {}
         self.base_paths: dict[Origin, set[str]] = {}
         self.evicted: dict[str, str] = {}  # session id -> why its route went
+        self.last_eviction: dict[str, tuple[float, str | None]] = {}  # session id -> (when, cause)
         self.exchanges: OrderedDict[ExchangeKey, VmExchange] = OrderedDict()  # the latest per key
         self.awaiting: dict[str, list[VmExchange]] = {}  # session -> browser_gone, no fallback yet
         self.checked: Counter[str] = Counter()
@@ -107,8 +108,10 @@ class Audit:
             self.base_paths.setdefault(where[0], set()).add(where[1])
         self.evicted.pop(route.session_id, None)
 
-    def route_evicted(self, route: Route, reason: str) -> None:
+    def route_evicted(self, route: Route, reason: str, now: float = 0.0, cause: str | None = None) -> None:
+        """`cause`: the id of the flow whose answer evicted the route (a browser_gone, a delete)."""
         self.evicted[route.session_id] = reason
+        self.last_eviction[route.session_id] = (now, cause)
 
     def vm_tail(self, origin: Origin, path: str) -> str | None:
         """`{subresource}{suffix}` of a request under a known route's base_url, or None."""
@@ -173,7 +176,7 @@ class Audit:
         served = None
         if session is not None and tail is not None:
             served = self.exchanges.get((session, method, paths.normalize_tail(tail), without_jwt(query)))
-        if served is None or not self.recent(served, now):
+        if served is None or not self.recent(served, now) or self.moved_on(served):
             allowlisted = tail is not None and paths.is_allowlisted(tail, self.subresources)
             self.check(verdict, "not_routed", by_id and cached and allowlisted, flow_id)
             return "client_cp", verdict
@@ -187,6 +190,15 @@ class Audit:
         served.fallbacks.append(flow_id)
         served.retry_allowed = False
         return "client_fallback", verdict
+
+    def moved_on(self, exchange: VmExchange) -> bool:
+        """Whether the session's route was evicted after the exchange for another reason (a
+        delete, a release, another request's browser_gone): the client then follows the CP's
+        word, and a CP request is no re-issue of that exchange."""
+        when, cause = self.last_eviction.get(exchange.key[0], (None, None))
+        if when is None or exchange.answered_at is None or when < exchange.answered_at:
+            return False
+        return cause != exchange.flow_id and cause not in exchange.fallbacks
 
     def fallback_answered(self, exchange: VmExchange, cp_status: int | None) -> None:
         """A CP answer to a fallback that failed (5xx, none) lets the client try once more."""

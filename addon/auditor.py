@@ -61,13 +61,13 @@ class RoutingAudit:
             for route in self.router.cache:  # learned before the switch
                 self.audit.route_cached(route)
 
-    def cache_changed(self, change: str, route: Route, reason: str) -> None:
+    def cache_changed(self, change: str, route: Route, reason: str, cause: str | None) -> None:
         if not self.active:
             return
         if change == "route_cached":
             self.audit.route_cached(route)
         else:
-            self.audit.route_evicted(route, reason)
+            self.audit.route_evicted(route, reason, time.monotonic(), cause)
 
     # -- requests ------------------------------------------------------------
 
@@ -139,10 +139,13 @@ class RoutingAudit:
     def answered(self, flow: http.HTTPFlow) -> None:
         exchange = self.open.pop(flow.id, None)
         record = record_of(flow)
-        if exchange is None or record is None:
+        if record is None or (exchange is None and record["decision"] != "client_cp"):
             return
         status = flow.response.status_code if flow.response else None
         error = flow.error.msg if flow.error else None
+        if exchange is None:  # a plain CP request
+            self.recorder.decide(flow, "client_cp", cp_status=status, error=error)
+            return
         if record["decision"] == "client_routed":
             gone = flow.response is not None and flow.error is None and is_gone(flow.response)
             self.audit.vm_answered(exchange, status, gone, time.monotonic())

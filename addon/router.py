@@ -83,8 +83,8 @@ class BrowserRouting:
         self.injector = injector
         self.mode = "route"
         self.cache = RouteCache()
-        # Told of every route cached (reason) or evicted (reason), e.g. by the audit.
-        self.listeners: list[Callable[[str, Route, str], None]] = []
+        # Told of every route cached or evicted: (change, route, reason, id of the flow that caused it).
+        self.listeners: list[Callable[[str, Route, str, str | None], None]] = []
         self.origins: tuple[tuple[str, str, int], ...] = ()
         self.subresources: tuple[str, ...] = ()
         self.vm_hosts: tuple[str, ...] = ()
@@ -254,7 +254,7 @@ class BrowserRouting:
         if self.cache.put(route):
             self.recorder.cache_changed("route_cached", reason, route, flow)
             for listener in self.listeners:
-                listener("route_cached", route, reason)
+                listener("route_cached", route, reason, flow.id if flow else None)
         return None
 
     def evict(self, key: str, reason: str, flow: http.HTTPFlow | None = None) -> Route | None:
@@ -262,5 +262,5 @@ class BrowserRouting:
         if route is not None:
             self.recorder.cache_changed("route_evicted", reason, route, flow)
             for listener in self.listeners:
-                listener("route_evicted", route, reason)
+                listener("route_evicted", route, reason, flow.id if flow else None)
         return route
