@@ -537,7 +537,9 @@ async def test_routed_below_400_keeps_routed(h: Harness, status: int) -> None:
     flow = await routed(h)
     vm = http.Response.make(status, b"", {"Location": "/elsewhere?jwt=x&a=1"})
     # a relative Location off the route's base_url is made absolute on the VM, without the jwt
-    expected = view(http.Response.make(status, b"", {"Location": f"https://{VM_HOST}:{VM_PORT}/elsewhere?a=1"}))
+    expected = view(
+        http.Response.make(status, b"", {"Location": f"https://{VM_HOST}:{VM_PORT}/elsewhere?a=1"})
+    )
     await h.respond(flow, vm)
     assert h.reissues.copies == []
     assert (record(flow)["decision"], record(flow)["reason"], record(flow)["vm_status"]) == (
