@@ -48,7 +48,8 @@ class DecisionRecorder:
                 raise exceptions.OptionsError(f"browserrouting_log: cannot open: {e}") from e
 
     def decide(self, flow: http.HTTPFlow, decision: str, reason: str | None = None, **fields: Any) -> None:
-        """Set or update the flow's decision; fields given as None are left out."""
+        """Set or update the flow's decision; fields given as None are left out. The marker
+        shows at once; the comment is written when the answer streams and when the flow ends."""
         record = record_of(flow)
         if record is None:
             record = {
@@ -65,7 +66,6 @@ class DecisionRecorder:
             if value is not None:
                 record[key] = redact_url(value) if key.endswith("url") else value
         flow.marked = marker(record)
-        flow.comment = comment(record)
 
     def cache_changed(
         self, decision: str, reason: str | None, route: Route, flow: http.HTTPFlow | None = None
@@ -101,6 +101,14 @@ class DecisionRecorder:
             logger.log(level, f"{decision} {change['session_id']} -> {change['base_url']} ({reason})")
         self.log.write(change)
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # An event stream may stay open for long: show its comment meanwhile.
+        response, record = flow.response, record_of(flow)
+        if response is None or not response.stream or record is None:
+            return
+        if "event-stream" in response.headers.get("content-type", ""):
+            flow.comment = comment(record)
+
     def response(self, flow: http.HTTPFlow) -> None:
         self._final(flow)
 
@@ -110,8 +118,7 @@ class DecisionRecorder:
     def _final(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         if record is not None:
-            if "cache_changes" in record:
-                flow.comment = comment(record)
+            flow.comment = comment(record)
             self.decisions[record["decision"]] += 1
             # Replayed, read back or answered by an injection rule: never sent.
             if flow.live and flow.is_replay != "response" and not record.get("injected"):

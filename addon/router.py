@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -58,21 +58,18 @@ def json_body(message: http.Message, limit: int) -> object:
         return None
 
 
-class VmAuthorizationGuard:
-    """Last in mitmproxy's addon chain: drops an Authorization header that an addon after
-    this script (modify_headers, stickyauth) puts back on a request routed to the VM."""
+class VmHeaders(http.Headers):
+    """The headers of a request routed to a VM: an Authorization header never gets in, whoever
+    adds it after the rewrite (modify_headers, stickyauth, another script). Every way of
+    changing headers assigns `fields`, so guarding that assignment costs nothing per hook."""
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self.strip(flow)
+    @property
+    def fields(self) -> tuple[tuple[bytes, bytes], ...]:
+        return self._fields
 
-    def request(self, flow: http.HTTPFlow) -> None:
-        self.strip(flow)
-
-    def strip(self, flow: http.HTTPFlow) -> None:
-        record = record_of(flow)
-        if record is not None and record["decision"] == "routed" and "authorization" in flow.request.headers:
-            del flow.request.headers["authorization"]
-            logger.debug(f"removed an Authorization header added to routed flow {flow.id}")
+    @fields.setter
+    def fields(self, value: Iterable[tuple[bytes, bytes]]) -> None:
+        self._fields = tuple(field for field in value if field[0].lower() != b"authorization")
 
 
 class BrowserRouting:
@@ -91,7 +88,6 @@ class BrowserRouting:
         # The client's request of each routed GET, for a fallback to re-issue; kept out
         # of flow.metadata because it holds the API key.
         self.originals: dict[str, http.Request] = {}
-        self.guard = VmAuthorizationGuard()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -147,15 +143,6 @@ class BrowserRouting:
                 if reason := refusal_reason(route.base_url, self.vm_hosts):
                     self.evict(route.session_id, reason)
 
-    def running(self) -> None:
-        # The guard must run after mitmproxy's own addons, which come after this script.
-        if self.guard not in ctx.master.addons.chain:
-            ctx.master.addons.add(self.guard)
-
-    def done(self) -> None:
-        if self.guard in ctx.master.addons.chain:
-            ctx.master.addons.remove(self.guard)
-
     def is_control_plane(self, request: http.Request) -> bool:
         return (request.scheme, request.host.lower(), request.port) in self.origins
 
@@ -196,7 +183,7 @@ class BrowserRouting:
             why = f"the VM URL cannot be built ({type(e).__name__})"  # the message could hold the jwt
             self.recorder.decide(flow, "passthrough", "rewrite_failed", error=why)
             return
-        flow.request.headers.pop("authorization", None)
+        flow.request.headers = VmHeaders(flow.request.headers.fields)  # the API key never reaches a VM
         self.recorder.decide(
             flow, "routed", vm_url=flow.request.url, vm_host=f"{flow.request.host}:{flow.request.port}",
             injected=self.injector.apply(flow, (route.session_id, route.name), sub.tail),

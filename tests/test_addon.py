@@ -1277,7 +1277,8 @@ async def test_routing_rewrites_request_in_place(h: Harness) -> None:
     assert rec["vm_url"] == f"{VM_BASE}/fs/write?path=%2Ftmp%2Fa%20b&mode=0644&jwt={redact(JWT)}"
     assert rec["flow_id"] == flow.id
     assert flow.marked == ":rocket:"
-    assert flow.comment.splitlines()[0] == f"routed to VM {VM_HOST}:{VM_PORT} [{SID}]"
+    await h.respond(flow, json_response(200, {"ok": True}))  # the comment is written as the answer comes
+    assert flow.comment.splitlines()[0] == f"routed to VM {VM_HOST}:{VM_PORT} (200) [{SID}]"
 
 
 async def test_routing_http2_authority_follows(h: Harness) -> None:
@@ -1396,10 +1397,10 @@ async def test_passthrough_reasons(h: Harness, path: str, reason: str, session_i
     rec = record(flow)
     assert (rec["decision"], rec["reason"], rec["session_id"]) == ("passthrough", reason, session_id)
     assert flow.marked == ":arrow_right:"
-    assert flow.comment.splitlines()[0].startswith(f"passthrough ({reason})")
     cp = json_response(200, {"ok": True})
     expected = view(cp)
     await h.respond(flow, cp)
+    assert flow.comment.splitlines()[0].startswith(f"passthrough ({reason})")
     assert record(flow)["cp_status"] == 200
     assert h.client_view(flow) == expected
     assert h.log()[-1]["decision"] == "passthrough"
