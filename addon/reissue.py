@@ -14,7 +14,7 @@ from mitmproxy.options import Options
 from . import paths
 from .fallback import MAX_GONE_BODY, decode_bounded, is_browser_gone, no_fallback_reason
 from .recorder import DecisionRecorder, record_of
-from .router import BrowserRouting
+from .router import BrowserRouting, ClientRequest
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ class ControlPlaneFallback:
     def eligible_get(self, flow: http.HTTPFlow) -> bool:
         """Whether a routed flow is a GET to a fallback-eligible path (judged on the client's path)."""
         original = self.router.originals.get(flow.id)  # kept for routed GETs only
-        sub = paths.parse_subresource_path(paths.split_path(original.path)[0]) if original else None
-        return sub is not None and paths.is_fallback_eligible(sub.tail, self.eligible)
+        return original is not None and paths.is_fallback_eligible(original.tail, self.eligible)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
@@ -131,10 +130,10 @@ class ControlPlaneFallback:
         self.router.evict(record["session_id"], "browser_gone", flow)
         await self.reissue(flow, original, vm_status=status)
 
-    async def reissue(self, flow: http.HTTPFlow, original: http.Request, **fields: Any) -> None:
+    async def reissue(self, flow: http.HTTPFlow, original: ClientRequest, **fields: Any) -> None:
         """Send the client's own request to the CP as a flow of its own; answer with its response."""
         copy = flow.copy()
-        copy.request = original
+        original.restore(copy.request)
         copy.response = None
         copy.error = None
         copy.metadata = {}

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -72,6 +73,53 @@ class VmHeaders(http.Headers):
         self._fields = tuple(field for field in value if field[0].lower() != b"authorization")
 
 
+@dataclass(slots=True)
+class ClientRequest:
+    """What routing changes in a GET, kept to re-issue it to the CP as the client sent it.
+    It holds the API key, so it lives here, never in flow.metadata."""
+
+    scheme: bytes
+    host: str
+    port: int
+    authority: bytes
+    path: bytes
+    fields: tuple[tuple[bytes, bytes], ...]  # the headers, Authorization included
+    tail: str  # `{subresource}{suffix}` as the client sent it
+
+    @classmethod
+    def of(cls, request: http.Request, tail: str) -> ClientRequest:
+        d = request.data
+        return cls(d.scheme, d.host, d.port, d.authority, d.path, request.headers.fields, tail)
+
+    def restore(self, request: http.Request) -> None:
+        """Turn a copy of the request sent to the VM (method, body, version as they were) back
+        into the client's: its URL, authority and headers."""
+        d = request.data
+        d.scheme, d.host, d.port, d.authority = self.scheme, self.host, self.port, self.authority
+        d.path = self.path
+        request.headers = http.Headers(self.fields)
+
+
+class QuietRoutedStreams(logging.Filter):
+    """mitmproxy logs "Streaming response from <host>." at info level for every streamed answer,
+    and hands each line to every addon. Routed answers stream by design and their decision
+    record says where they went, so those lines are dropped (other hosts' lines stay)."""
+
+    PREFIX = "Streaming response from "
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vm_hosts: set[str] = set()  # hosts this addon routed to
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        return not (
+            isinstance(msg, str)
+            and msg.startswith(self.PREFIX)
+            and msg[len(self.PREFIX) : -1] in self.vm_hosts
+        )
+
+
 class BrowserRouting:
     """Learns routes from control-plane responses and rewrites requests to the VM."""
 
@@ -82,12 +130,11 @@ class BrowserRouting:
         self.cache = RouteCache()
         # Told of every route cached or evicted: (change, route, reason, id of the flow that caused it).
         self.listeners: list[Callable[[str, Route, str, str | None], None]] = []
+        self.quiet_streams = QuietRoutedStreams()
         self.origins: tuple[tuple[str, str, int], ...] = ()
         self.subresources: tuple[str, ...] = ()
         self.vm_hosts: tuple[str, ...] = ()
-        # The client's request of each routed GET, for a fallback to re-issue; kept out
-        # of flow.metadata because it holds the API key.
-        self.originals: dict[str, http.Request] = {}
+        self.originals: dict[str, ClientRequest] = {}  # of each routed GET in flight, by flow id
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -143,6 +190,12 @@ class BrowserRouting:
                 if reason := refusal_reason(route.base_url, self.vm_hosts):
                     self.evict(route.session_id, reason)
 
+    def running(self) -> None:
+        logging.getLogger("mitmproxy.proxy.server").addFilter(self.quiet_streams)
+
+    def done(self) -> None:
+        logging.getLogger("mitmproxy.proxy.server").removeFilter(self.quiet_streams)
+
     def is_control_plane(self, request: http.Request) -> bool:
         return (request.scheme, request.host.lower(), request.port) in self.origins
 
@@ -173,7 +226,7 @@ class BrowserRouting:
             return
         self.recorder.decide(flow, "routed", session_id=route.session_id)
         if flow.request.method == "GET":  # only a GET can fall back to the CP
-            self.originals[flow.id] = flow.request.copy()
+            self.originals[flow.id] = ClientRequest.of(flow.request, sub.tail)
         client_url = flow.request.url
         try:
             flow.request.url = vm_url(route, sub.tail, query)
@@ -184,14 +237,11 @@ class BrowserRouting:
             self.recorder.decide(flow, "passthrough", "rewrite_failed", error=why)
             return
         flow.request.headers = VmHeaders(flow.request.headers.fields)  # the API key never reaches a VM
+        self.quiet_streams.vm_hosts.add(flow.request.host)
         self.recorder.decide(
             flow, "routed", vm_url=flow.request.url, vm_host=f"{flow.request.host}:{flow.request.port}",
             injected=self.injector.apply(flow, (route.session_id, route.name), sub.tail),
         )  # fmt: skip
-
-    def request(self, flow: http.HTTPFlow) -> None:
-        if (original := self.originals.get(flow.id)) is not None:
-            original.raw_content = flow.request.raw_content  # the body arrives after the headers
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
