@@ -41,7 +41,7 @@ def decode_bounded(body: bytes, content_encoding: str, limit: int = MAX_GONE_BOD
             return None
         if len(body) > limit:
             return None
-    return body
+    return body if len(body) <= limit else None  # the bound holds for an identity body too
 
 
 def is_browser_gone(body: bytes | None) -> bool:

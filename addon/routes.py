@@ -5,12 +5,13 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs, urlsplit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a cache may hold 100,000 of them
 class Route:
     session_id: str
     base_url: str  # without a trailing slash
@@ -48,7 +49,8 @@ def route_from_object(obj: dict[object, object]) -> Route | None:
         return None
     name = obj.get("name")
     name = name.strip() if isinstance(name, str) and name.strip() else None
-    return Route(session_id, base_url, jwt, name)
+    # Interned: every browser of a metro shares one base_url, kept once instead of per route.
+    return Route(session_id, sys.intern(base_url), jwt, name)
 
 
 def iter_browser_objects(value: object) -> Iterator[dict[object, object]]:
