@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote, unquote_plus, urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit, urlunsplit
 
 VERSION_PREFIX = r"(?:/v\d+)?"
 _SUBRESOURCE_PATH = re.compile(VERSION_PREFIX + r"/browsers/([^/]+)/([^/]+)(/.*)?$")
@@ -52,13 +52,49 @@ def without_jwt(query: str) -> str:
     return "&".join(p for n, p in query_params(query) if n != "jwt")
 
 
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4."""
+    segments = path.split("/")
+    out: list[str] = []
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment in (".", ".."):
+            if segment == ".." and len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    return "/".join(out)
+
+
+def resolve(base: SplitResult, reference: str) -> SplitResult:
+    """A reference resolved against a base URL, RFC 3986 section 5.2.2. (urljoin re-parses with
+    urlparse, which drops an empty `;` parameter from the path.)"""
+    ref = urlsplit(reference)
+    if ref.scheme:
+        return ref._replace(path=remove_dot_segments(ref.path))
+    if ref.netloc:
+        return ref._replace(scheme=base.scheme, path=remove_dot_segments(ref.path))
+    if not ref.path:
+        return base._replace(query=ref.query if "?" in reference else base.query, fragment=ref.fragment)
+    if ref.path.startswith("/"):
+        path = ref.path
+    elif base.netloc and not base.path:
+        path = "/" + ref.path
+    else:
+        path = base.path[: base.path.rfind("/") + 1] + ref.path
+    return base._replace(path=remove_dot_segments(path), query=ref.query, fragment=ref.fragment)
+
+
 def map_location(location: str, vm_url: str, tail: str, cp_path: str) -> str | None:
     """Where a routed answer's Location (or Content-Location) should send the client, or None
     to leave it. The client resolves it against the CP URL it sent, so one under the route's
     base_url goes back to the CP form (routed again on the follow-up) and any other relative
     one is made absolute on the VM; neither keeps the jwt. `vm_url` is the URL the request was
     sent to (base_url + "/" + tail), `cp_path` the path the client sent."""
-    vm, target = urlsplit(vm_url), urlsplit(urljoin(vm_url, location))
+    vm = urlsplit(vm_url)
+    target = resolve(vm, location)
     vm_path = vm.path
     if not vm_path.endswith("/" + tail) or not cp_path.endswith(tail):
         return None

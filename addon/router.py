@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.http import url
 
 from . import paths
 from .fallback import MAX_GONE_BODY, decode_bounded
@@ -29,12 +31,34 @@ LEARN_SLICE = 500  # routes learned between two turns of the event loop
 CP_DECISIONS = frozenset({"passthrough", "client_cp", "client_fallback"})
 
 
-def vm_url(route: Route, tail: str, query: str) -> str:
-    """The VM URL for `{subresource}{suffix}`: base_url's path joined with the raw tail,
-    the client's query kept in order, the route's jwt added unless the client sent one."""
+def vm_target(base_path: str, route: Route, tail: str, query: str) -> str:
+    """The VM request target for `{subresource}{suffix}`: base_url's path joined with the raw
+    tail, the client's query kept in order, the route's jwt added unless the client sent one."""
     if paths.jwt_of(query) is None:
         query = f"{query}&jwt={quote(route.jwt, safe='')}" if query else f"jwt={quote(route.jwt, safe='')}"
-    return f"{route.base_url}/{tail}" + (f"?{query}" if query else "")
+    return f"{base_path}/{tail}" + (f"?{query}" if query else "")
+
+
+def vm_url(route: Route, tail: str, query: str) -> str:
+    scheme, host, port, base_path = vm_origin(route.base_url)
+    return f"{scheme}://{url.hostport(scheme, host, port)}{vm_target(base_path, route, tail, query)}"
+
+
+@functools.lru_cache(maxsize=1024)  # a handful of base_urls serve every route
+def vm_origin(base_url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path) of a base_url that the cache accepted."""
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname or "", port, parts.path.rstrip("/")
+
+
+def rewrite_to_vm(request: http.Request, route: Route, tail: str, query: str) -> None:
+    """Point the request at the VM. Field by field, not through the URL setter, whose parser
+    drops an empty `;` parameter from the path; the host setter moves Host or :authority."""
+    scheme, host, port, base_path = vm_origin(route.base_url)
+    request.data.scheme, request.data.port = scheme.encode(), port
+    request.host = host
+    request.path = vm_target(base_path, route, tail, query)
 
 
 def media_type(headers: http.Headers) -> str:
@@ -225,13 +249,13 @@ class BrowserRouting:
             self.recorder.decide(flow, "passthrough", "no_route", session_id=sub.session_key)
             return
         self.recorder.decide(flow, "routed", session_id=route.session_id)
+        client = ClientRequest.of(flow.request, sub.tail)
         if flow.request.method == "GET":  # only a GET can fall back to the CP
-            self.originals[flow.id] = ClientRequest.of(flow.request, sub.tail)
-        client_url = flow.request.url
+            self.originals[flow.id] = client
         try:
-            flow.request.url = vm_url(route, sub.tail, query)
+            rewrite_to_vm(flow.request, route, sub.tail, query)
         except (ValueError, UnicodeError) as e:  # never half-routed: the request goes on as it came
-            flow.request.url = client_url
+            client.restore(flow.request)
             self.originals.pop(flow.id, None)
             why = f"the VM URL cannot be built ({type(e).__name__})"  # the message could hold the jwt
             self.recorder.decide(flow, "passthrough", "rewrite_failed", error=why)
