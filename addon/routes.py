@@ -6,7 +6,7 @@ import fnmatch
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -108,11 +108,6 @@ class RouteCache:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
         self._ids_by_name: dict[str, str] = {}
-        self.on_change: Callable[[], None] | None = None  # e.g. persist the cache
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
 
     def _resolve(self, key: str) -> str:
         key = key.strip()
@@ -131,7 +126,6 @@ class RouteCache:
         self._routes[route.session_id] = route
         if route.name is not None:
             self._ids_by_name[route.name] = route.session_id
-        self._changed()
         return True
 
     def evict(self, key: str) -> Route | None:
@@ -139,7 +133,6 @@ class RouteCache:
         route = self._routes.pop(self._resolve(key), None)
         if route is not None:
             self._forget_name(route)
-            self._changed()
         return route
 
     def _forget_name(self, route: Route) -> None:
@@ -157,6 +150,33 @@ class RouteCache:
 def dump_routes(routes: Iterable[Route]) -> str:
     """The routes file's text: it holds jwts, so whoever writes it keeps it private."""
     return json.dumps({"routes": [asdict(r) for r in routes]}, indent=1) + "\n"
+
+
+def journal_line(change: str, route: Route) -> str:
+    """One change of the cache as a line of the routes file's journal."""
+    entry = {"put": asdict(route)} if change == "route_cached" else {"evict": route.session_id}
+    return json.dumps(entry) + "\n"
+
+
+def replay_journal(routes: list[Route], lines: list[str]) -> tuple[list[Route], int]:
+    """The routes after the journal's changes, and how many lines were unusable (a line cut
+    short by a crash among them)."""
+    by_id = {r.session_id: r for r in routes}
+    unusable = 0
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        put = entry.get("put") if isinstance(entry, dict) else None
+        evict = entry.get("evict") if isinstance(entry, dict) else None
+        if isinstance(put, dict) and (route := route_from_object(put)) is not None:
+            by_id[route.session_id] = route
+        elif isinstance(evict, str):
+            by_id.pop(evict, None)
+        else:
+            unusable += 1
+    return list(by_id.values()), unusable
 
 
 def load_routes(text: str) -> tuple[list[Route], int]:

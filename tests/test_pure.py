@@ -34,10 +34,12 @@ from addon.routes import (
     RouteCache,
     dump_routes,
     iter_routes,
+    journal_line,
     jwt_from_cdp_ws_url,
     load_routes,
     redact,
     refusal_reason,
+    replay_journal,
     route_from_object,
 )
 
@@ -428,16 +430,21 @@ def test_route_cache_evict_drops_both_keys(key: str) -> None:
     assert len(cache) == 1
 
 
-def test_route_cache_reports_every_change_and_only_changes() -> None:
+def test_route_cache_says_which_calls_change_it() -> None:
     cache = RouteCache()
-    changes: list[int] = []
-    cache.on_change = lambda: changes.append(len(cache))
-    cache.put(Route("s1", BASE, JWT, "n"))
-    cache.put(Route("s1", BASE, JWT, "n"))  # the same route again: no change
-    cache.put(Route("s1", BASE, JWT + "x", "n"))
-    cache.evict("n")
-    cache.evict("n")  # nothing left to evict
-    assert changes == [1, 1, 0]
+    assert cache.put(Route("s1", BASE, JWT, "n")) is True
+    assert cache.put(Route("s1", BASE, JWT, "n")) is False  # the same route again: no change
+    assert cache.put(Route("s1", BASE, JWT + "x", "n")) is True
+    assert cache.evict("n") == Route("s1", BASE, JWT + "x", "n")
+    assert cache.evict("n") is None  # nothing left to evict
+    assert len(cache) == 0
+
+
+def test_the_journal_replays_onto_the_snapshot_and_skips_a_torn_line() -> None:
+    a, b, c = Route("a", BASE, JWT), Route("b", BASE, JWT), Route("c", BASE, JWT, "n")
+    lines = [journal_line("route_cached", c), journal_line("route_evicted", a), '{"put": {"sess']
+    routes, unusable = replay_journal([a, b], lines)
+    assert (routes, unusable) == ([b, c], 1)
 
 
 def test_routes_file_round_trip_and_bad_entries() -> None:

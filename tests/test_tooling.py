@@ -153,15 +153,34 @@ async def test_names_route_like_ids_and_a_delete_by_either_evicts_both(proxy: Pr
 
 async def test_routes_file_is_private_atomic_and_restored(tmp_path: Path) -> None:
     path = tmp_path / "routes.json"
+    journal = tmp_path / "routes.json.journal"
     for proxy in wired(browserrouting_routes_file=str(path)):
         await proxy.create("s1", "alpha")
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert json.loads(journal.read_text())["put"]["jwt"] == JWT  # a change is one journal line
+        proxy.routes_file.done()  # mitmdump exits: the journal is folded into the snapshot
+        for file in (path, journal):
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600
         assert json.loads(path.read_text())["routes"][0]["jwt"] == JWT
-        assert [p.name for p in tmp_path.iterdir()] == ["routes.json"], "no temporary file left behind"
+        assert journal.read_text() == ""
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["routes.json", "routes.json.journal"]
     for proxy in wired(browserrouting_routes_file=str(path)):  # a restarted proxy
         assert decision(await proxy.send("GET", "/browsers/alpha/fs/x")) == ("routed", None)
         proxy.tctx.command(proxy.commands.evict, "s1")
-        assert json.loads(path.read_text()) == {"routes": []}
+    for proxy in wired(browserrouting_routes_file=str(path)):  # killed without exiting: the journal
+        assert decision(await proxy.send("GET", "/browsers/alpha/fs/x")) == ("passthrough", "no_route")
+
+
+async def test_a_route_change_appends_a_line_and_never_rewrites_every_route(tmp_path: Path) -> None:
+    path = tmp_path / "routes.json"
+    for proxy in wired(browserrouting_routes_file=str(path)):
+        for i in range(600):
+            await proxy.create(f"s{i}")
+        proxy.routes_file.done()
+        snapshot = path.read_text()
+        proxy.routes_file.running()  # attached again, the journal empty
+        await proxy.create("one-more")
+        assert path.read_text() == snapshot, "the snapshot is not rewritten for one change"
+        assert len((tmp_path / "routes.json.journal").read_text().splitlines()) == 1
 
 
 async def test_routes_file_entries_are_checked_like_learned_routes(tmp_path: Path) -> None:
@@ -197,6 +216,7 @@ async def test_routes_file_write_is_atomic(tmp_path: Path, monkeypatch: pytest.M
     path = tmp_path / "routes.json"
     for proxy in wired(browserrouting_routes_file=str(path)):
         await proxy.create("s1")
+        proxy.routes_file.compact()
         before = path.read_text()
 
         def crash(src: Any, dst: Any) -> None:
@@ -204,8 +224,11 @@ async def test_routes_file_write_is_atomic(tmp_path: Path, monkeypatch: pytest.M
 
         monkeypatch.setattr("addon.persistence.os.replace", crash)
         await proxy.create("s2")
+        proxy.routes_file.compact()
         assert path.read_text() == before
-        assert [p.name for p in tmp_path.iterdir()] == ["routes.json"], "the partial file is removed"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["routes.json", "routes.json.journal"], (
+            "the partial file is removed"
+        )
 
 
 async def test_cache_changes_in_the_log_name_what_caused_them(tmp_path: Path) -> None:
