@@ -71,7 +71,7 @@ class RoutingAudit:
 
     # -- requests ------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def on_requestheaders(self, flow: http.HTTPFlow) -> None:
         if not self.active or flow.response or flow.error or not flow.live:
             return
         request = flow.request
@@ -125,15 +125,15 @@ class RoutingAudit:
 
     # -- answers -------------------------------------------------------------
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def on_responseheaders(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         if record is not None and record["decision"] == "client_routed" and flow.response is not None:
             flow.response.stream = not may_be_gone(flow.response)  # only a 404 is read (browser_gone?)
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def on_response(self, flow: http.HTTPFlow) -> None:
         self.answered(flow)
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def on_error(self, flow: http.HTTPFlow) -> None:
         self.answered(flow)  # no answer, or one whose stream broke off
 
     def answered(self, flow: http.HTTPFlow) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import ctx
+from mitmproxy import ctx, http
 
 from .auditor import RoutingAudit
 from .commands import RouteCommands
 from .injector import FaultInjection
 from .persistence import RoutesFile
-from .recorder import DecisionRecorder
+from .recorder import METADATA_KEY, DecisionRecorder
 from .reissue import ControlPlaneFallback
 from .router import BrowserRouting
 
@@ -57,10 +57,42 @@ class Parts:
 
     @property
     def chain(self) -> list[Any]:
-        """Order matters: the router decides before the fallback, the audit and the injection
-        act; the routes file loads after the router knows which VM hosts are allowed; the audit
-        reads the parsed allowlist and registry; the recorder logs last."""
+        """The script's addons: the parts, for their options, commands and lifecycle (the
+        routes file loads after the router knows which VM hosts are allowed; the audit reads
+        the parsed allowlist and registry), then this object, which alone takes the flow hooks."""
         return [
             self.router, self.routes_file, self.fallback, self.audit,
             self.injector, self.commands, self.recorder, self,
         ]  # fmt: skip
+
+    # The flow hooks, one call each for every part: mitmproxy charges for every addon that has
+    # a hook. The order is the rule: the router decides before the fallback, the audit and the
+    # injection act; the recorder logs last. A flow with no record is none of the addon's business.
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.router.on_requestheaders(flow)
+        self.audit.on_requestheaders(flow)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if METADATA_KEY in flow.metadata:
+            self.injector.on_request(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if METADATA_KEY in flow.metadata:
+            self.router.on_responseheaders(flow)
+            self.fallback.on_responseheaders(flow)
+            self.audit.on_responseheaders(flow)
+            self.recorder.on_responseheaders(flow)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if METADATA_KEY in flow.metadata:
+            await self.router.on_response(flow)
+            await self.fallback.on_response(flow)
+            self.audit.on_response(flow)
+            self.recorder.on_response(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if METADATA_KEY in flow.metadata:
+            self.fallback.on_error(flow)
+            self.audit.on_error(flow)
+            self.recorder.on_error(flow)

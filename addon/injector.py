@@ -56,7 +56,7 @@ class FaultInjection:
             flow.request.stream = False  # mitmproxy cannot answer a request it streams upstream
         return kind
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def on_request(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         kind = record.get("injected") if record is not None else None
         if kind is None or kind == "reset" or flow.response is not None or flow.error is not None:

@@ -101,7 +101,7 @@ class DecisionRecorder:
             logger.log(level, f"{decision} {change['session_id']} -> {change['base_url']} ({reason})")
         self.log.write(change)
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def on_responseheaders(self, flow: http.HTTPFlow) -> None:
         # An event stream may stay open for long: show its comment meanwhile.
         response, record = flow.response, record_of(flow)
         if response is None or not response.stream or record is None:
@@ -109,10 +109,10 @@ class DecisionRecorder:
         if "event-stream" in response.headers.get("content-type", ""):
             flow.comment = comment(record)
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def on_response(self, flow: http.HTTPFlow) -> None:
         self._final(flow)
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def on_error(self, flow: http.HTTPFlow) -> None:
         self._final(flow)
 
     def _final(self, flow: http.HTTPFlow) -> None:

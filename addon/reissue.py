@@ -77,7 +77,7 @@ class ControlPlaneFallback:
             except ValueError as e:
                 raise exceptions.OptionsError(f"browserrouting_fallback: {e}") from None
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def on_responseheaders(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         if record is None or flow.response is None:
             return
@@ -106,7 +106,7 @@ class ControlPlaneFallback:
         original = self.router.originals.get(flow.id)  # kept for routed GETs only
         return original is not None and paths.is_fallback_eligible(original.tail, self.eligible)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    async def on_response(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         if record is None or flow.response is None or not flow.live:
             return  # offline reads (mitmdump -nr) keep the decision they were recorded with
@@ -155,7 +155,7 @@ class ControlPlaneFallback:
                 f"control-plane fallback for {copy.metadata['browserrouting']['url']} failed: {why}"
             )
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def on_error(self, flow: http.HTTPFlow) -> None:
         # Not guarded by `flow.live`: a killed flow (flow.kill(), an injected reset, mitmweb's
         # kill) is no longer live, and must still be decided and free its state. Offline reads
         # reach here only with their recorded final decision, which this leaves as it was.

@@ -223,7 +223,7 @@ class BrowserRouting:
     def is_control_plane(self, request: http.Request) -> bool:
         return (request.scheme, request.host.lower(), request.port) in self.origins
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def on_requestheaders(self, flow: http.HTTPFlow) -> None:
         # Decided on the headers: mitmproxy connects upstream right after this hook when the
         # request body streams (stream_large_bodies), so the `request` hook would be too late.
         if flow.response or flow.error or not flow.live:
@@ -267,14 +267,14 @@ class BrowserRouting:
             injected=self.injector.apply(flow, (route.session_id, route.name), sub.tail),
         )  # fmt: skip
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def on_responseheaders(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         if record is None or record["decision"] not in CP_DECISIONS or flow.response is None:
             return
         if media_type(flow.response.headers) == "text/event-stream":  # a stream the CP serves stays live
             flow.response.stream = True
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    async def on_response(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         if record is None or record["decision"] not in CP_DECISIONS or not flow.response or not flow.live:
             return  # offline reads (mitmdump -nr) keep their recorded decisions and teach nothing

@@ -246,6 +246,7 @@ def fake_replay_handler(reissues: Reissues) -> type:
 @dataclass
 class Harness:
     tctx: taddons.context
+    parts: chain.Parts
     router: BrowserRouting
     fallback: ControlPlaneFallback
     recorder: DecisionRecorder
@@ -257,7 +258,7 @@ class Harness:
 
     @property
     def addons(self) -> list[Any]:
-        return [self.router, self.fallback, self.recorder]
+        return [self.parts]  # the one object that takes the flow hooks
 
     def configure(self, **options: Any) -> None:
         self.tctx.configure(self.router, **options)
@@ -314,19 +315,18 @@ def start(tctx: taddons.context, addons: list[Any]) -> None:
 
 @contextlib.contextmanager
 def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]) -> Iterator[Harness]:
-    # Built exactly as addon/browser_routing.py builds them; the hooks that matter here.
+    # Built exactly as addon/browser_routing.py builds them.
     parts = chain.Parts()
     router, fallback, recorder = parts.router, parts.fallback, parts.recorder
-    addons: list[Any] = [router, fallback, recorder]
     streamed: dict[str, bytes] = {}
-    reissues = Reissues(addons, streamed)
+    reissues = Reissues([parts], streamed)
     monkeypatch.setattr(reissue_mod, "ReplayHandler", fake_replay_handler(reissues))
     log_path = tmp_path / "decisions.jsonl"
-    with taddons.context(router, fallback, recorder) as tctx:
-        start(tctx, addons)
+    with taddons.context(*parts.chain) as tctx:
+        start(tctx, parts.chain)
         tctx.configure(router, browserrouting_log=str(log_path), **options)
         try:
-            yield Harness(tctx, router, fallback, recorder, reissues, log_path, streamed)
+            yield Harness(tctx, parts, router, fallback, recorder, reissues, log_path, streamed)
         finally:
             recorder.done()
 
@@ -757,14 +757,14 @@ async def test_reissue_flow_is_buffered(h: Harness) -> None:
         return resp
 
     h.reissues.answer = answer
-    orig_rh = h.fallback.responseheaders
+    orig_rh = h.fallback.on_responseheaders
 
     def spy(flow: http.HTTPFlow) -> None:
         orig_rh(flow)
         if flow.response is not None:
             seen.append(flow.response.stream)
 
-    h.fallback.responseheaders = spy  # type: ignore[method-assign]
+    h.fallback.on_responseheaders = spy  # type: ignore[method-assign]
     flow = await routed(h)
     await h.respond(flow, gone_response())
     copy = h.reissues.copies[0]

@@ -80,7 +80,7 @@ class Proxy:
 async def start(tmp_path: Path, window_ms: int) -> AsyncIterator[Proxy]:
     parts = chain.Parts()
     redraws = Redraws()
-    addons = [parts.router, parts.fallback, parts.audit, parts.injector, parts.recorder, redraws]
+    addons = [*parts.chain, redraws]
     log_path = tmp_path / "decisions.jsonl"
     with taddons.context(*addons) as tctx:
         for addon in addons:  # what loading the script does: every option, once

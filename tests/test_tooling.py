@@ -25,7 +25,7 @@ class Proxy:
 
     def __init__(self, tctx: taddons.context, addons: list[Any]) -> None:
         self.tctx = tctx
-        self.router, self.routes_file, self.fallback, _, _, self.commands, self.recorder, _ = addons
+        self.router, self.routes_file, self.fallback, _, _, self.commands, self.recorder, self.parts = addons
 
     async def send(
         self, method: str, path: str, response: http.Response | None = None, replay: bool = False
@@ -39,7 +39,7 @@ class Proxy:
                     200, b"{}", {"Content-Type": "application/json"}
                 )
                 flow.is_replay = "response" if replay else None
-            for a in (self.router, self.fallback, self.recorder):
+            for a in (self.parts,):
                 hook = getattr(a, name, None)
                 if hook is not None:
                     result = hook(flow)
@@ -269,7 +269,5 @@ async def test_a_replayed_flow_is_decided_afresh(proxy: Proxy) -> None:
     assert decision(flow) == ("routed", None)
     # mitmweb's Replay sends the flow again as it stands: to the VM, not a CP request any more
     flow.response, flow.is_replay = None, "request"
-    for a in (proxy.router, proxy.fallback, proxy.recorder):
-        if hasattr(a, "requestheaders"):
-            a.requestheaders(flow)
+    proxy.parts.requestheaders(flow)
     assert "browserrouting" not in flow.metadata and flow.comment == "" and flow.marked == ""
