@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-from mitmproxy import command, exceptions
+from mitmproxy import command, ctx, exceptions, types
 
+from . import report as qa_report
 from .recorder import DecisionRecorder
 from .router import BrowserRouting
 from .routes import Route, redact
@@ -61,6 +62,23 @@ class RouteCommands:
                 "routes": len(self.router.cache),
             }
         )
+
+    @command.command("browserrouting.report")
+    def report(self, path: types.Path) -> str:
+        """Write the QA report (one HTML page) of the decision log this proxy writes
+        (browserrouting_log) to PATH, with this proxy's options; returns the page's path."""
+        log = ctx.options.browserrouting_log
+        if not log:
+            raise exceptions.CommandError(
+                "browserrouting.report: no decision log to report on: set browserrouting_log first"
+            )
+        options = {name: getattr(ctx.options, f"browserrouting_{name}", None) for name in qa_report.OPTIONS}
+        options["subresources"] = ",".join(self.router.subresources)  # as parsed: the env default too
+        try:
+            written = qa_report.write_report([qa_report.LogSource(log, "", options)], path)
+        except OSError as e:
+            raise exceptions.CommandError(f"browserrouting.report: {e}") from e
+        return str(written)
 
     def done(self) -> None:
         logger.info(f"browserrouting summary: {self.summary()}")

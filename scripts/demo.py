@@ -28,7 +28,9 @@ its own `mitmweb -s addon/browser_routing.py`, driven through mitmweb's command 
       browser killed on the VM only, which the CP still serves).
 
 Each step prints the addon's decision records for its flows, the outbound attempts per
-host as the simulator counted them, and PASS/FAIL per expectation. Exits 1 if any
+host as the simulator counted them, and PASS/FAIL per expectation. At the end the demo
+writes the QA report of its run (scripts/report.py: one HTML page from its decision logs)
+and prints its path. Exits 1 if any
 expectation fails, 2 if a simulator, mitmdump or mitmweb cannot start, 130 on Ctrl-C.
 """
 
@@ -38,8 +40,10 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +56,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import demo_live_qa  # noqa: E402
 import kernel  # noqa: E402
+import report  # noqa: E402
 from mitmdump_runner import Mitmdump  # noqa: E402
 from simulator import Simulator  # noqa: E402
 
@@ -291,7 +296,7 @@ class Demo:
         logs = [path.read_text() for path in self.logs if path.exists()]
         secrets = [API_KEY, *self.jwts, *(quote(jwt, safe="") for jwt in self.jwts)]
         seen = [s for s in secrets if any(s in text for text in (*logs, *self.printed))]
-        self.check(not seen, "no jwt or API key in clear in this output or the decision logs")
+        self.check(not seen, "no jwt or API key in clear in this output, the decision logs or the report")
 
 
 def proxy_options(sim: Simulator) -> dict[str, str]:
@@ -308,10 +313,32 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the cleanup in run()
 
 
-def run() -> int:
+def write_report(demo: Demo, runs: list[tuple[Mitmdump, str]], folder: Path | None) -> None:
+    """The QA report of this run (scripts/report.py's page), its decision logs beside it; the
+    page is checked for secrets with the logs."""
+    folder = folder or Path(tempfile.mkdtemp(prefix="browserrouting-demo-"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        sources = []
+        for number, (proxy, label) in enumerate(runs, 1):
+            if proxy.log_path.exists():
+                log = folder / f"{number}-decisions.jsonl"
+                shutil.copyfile(proxy.log_path, log)
+                sources.append(
+                    report.LogSource(log, label, {"browserrouting_mode": "route", **proxy.options})
+                )
+        page = report.write_report(sources, folder / "report.html", "scripts/demo: the live QA, replayed")
+    except Exception as exc:  # the demo's own checks stand; say why the page is missing
+        demo.check(False, f"the report of this run was written to {folder}", exc)
+        return
+    demo.logs.append(page)
+    demo.say(f"demo: report of this run: {page} (its decision logs beside it)")
+
+
+def run(report_dir: Path | None = None) -> int:
     stack = contextlib.ExitStack()
     try:
-        return steps(stack)
+        return steps(stack, report_dir)
     finally:
         # Ctrl-C or SIGTERM must not cut the cleanup short (and leave mitmdump running):
         # hold them until everything is stopped, then let them through.
@@ -323,7 +350,7 @@ def run() -> int:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
 
 
-def steps(stack: contextlib.ExitStack) -> int:
+def steps(stack: contextlib.ExitStack, report_dir: Path | None = None) -> int:
     """Start everything (registering its cleanup on `stack` first), then run the steps."""
     sim = Simulator()
     stack.callback(sim.stop)
@@ -379,6 +406,12 @@ def steps(stack: contextlib.ExitStack) -> int:
                 demo.check(False, f"{step.__name__} raised {type(exc).__name__}: {demo.short(str(exc))}")
                 break
     demo.say()
+    write_report(
+        demo,
+        [(proxy, "(A)-(C) route mode: routed, a stale route, the fallback"), (live.audit, HEADERS["D"]),
+         (live.route, HEADERS["E"])],
+        report_dir,
+    )  # fmt: skip
     demo.no_secrets()
     print(f"demo: {demo.passed} passed, {len(demo.failed)} failed", flush=True)
     return 1 if demo.failed else 0
@@ -395,10 +428,16 @@ def main(argv: list[str] | None = None) -> int:
             "through a mitmweb. Exits non-zero if any expectation fails."
         ),
     )
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        help="where to write the report of the run (report.html) and its decision logs "
+        "(default: a new temporary folder)",
+    )
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return run()
+        return run(args.report_dir)
     except KeyboardInterrupt:
         print("\ndemo: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
