@@ -1,0 +1,127 @@
+"""scripts/bench.py: the quick bench prints its table with every figure as a number, and both
+load generators send the same request mix. The values are machine-dependent: not checked."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import bench
+import pytest
+from mitmdump_runner import Mitmdump
+from simulator import Simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = (
+    "throughput, addon / plain",
+    "throughput, empty hooks / plain",
+    "memory, 100k routes",
+    "routes file,",
+    "routed latency",
+    "fallback /",
+    "50 concurrent fallbacks",
+    "SSE first event",
+    "lookup,",
+)
+NUMBER = r"[+-]?\d+\.\d+"
+VALUE = re.compile(rf"  ({NUMBER})(?: ms| MB)?(?: \[({NUMBER})-({NUMBER})\])?  ")
+
+
+@pytest.fixture(scope="module")
+def quick_run() -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def table_rows(output: str) -> list[str]:
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("figure "))
+    end = lines.index("", start)
+    return lines[start + 1 : end]
+
+
+def test_quick_bench_prints_every_figure_with_a_number_a_target_and_a_verdict(quick_run: str) -> None:
+    rows = table_rows(quick_run)
+    assert len(rows) == len(FIGURES), rows
+    for prefix in FIGURES:
+        row = next((r for r in rows if r.startswith(prefix)), None)
+        assert row is not None, f"no figure {prefix!r} in\n{quick_run}"
+        value = VALUE.search(row)
+        assert value is not None, f"no number in {row!r}"
+        if value.group(2) is not None:  # repeated: median within [min-max]
+            low, mid, high = float(value.group(2)), float(value.group(1)), float(value.group(3))
+            assert low <= mid <= high, row
+        assert re.search(r"(>=|<=|~)", row[value.end() :]), f"no target in {row!r}"
+        assert row.rstrip().endswith(("PASS", "FAIL")), row
+
+
+def test_quick_bench_measures_a_routing_addon_against_proxies_that_route_nothing(quick_run: str) -> None:
+    shares = re.search(r"the VM got directly.*: plain ([\d.]+)%, empty ([\d.]+)%, addon ([\d.]+)%", quick_run)
+    assert shares is not None, quick_run
+    plain, empty, addon = map(float, shares.groups())
+    assert plain == empty == 0.0
+    assert 9.0 <= addon <= 11.0  # 2 routed in each 20 requests
+    counts = re.search(r"count / server count: plain ([\d.]+), empty ([\d.]+), addon ([\d.]+)", quick_run)
+    assert counts is not None, quick_run
+    assert all(0.9 <= float(c) <= 1.1 for c in counts.groups()), counts.group(0)
+
+
+def test_bench_help_names_its_options() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    for option in ("--quick", "--windows", "--load", "--strict"):
+        assert option in done.stdout
+
+
+GENERATORS = [
+    "python",
+    pytest.param("wrk", marks=pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed")),
+]
+
+
+@pytest.mark.parametrize("kind", GENERATORS)
+def test_load_generator_sends_the_mix_in_equal_shares_with_bodies_and_api_key(
+    kind: str, tmp_path: Path
+) -> None:
+    with (
+        Simulator() as sim,
+        Mitmdump({"ssl_verify_upstream_trusted_ca": sim.cert_path}, with_addon=False) as plain,
+    ):
+        cp = sim.cp_url
+        session = sim.create_browser()["session_id"]
+        mix = bench.request_mix(cp, session)
+        mix_file = tmp_path / "mix.txt"
+        mix_file.write_text("".join(f"{m} {u} {b}".rstrip() + "\n" for m, u, b in mix))
+        connections = 4
+        counted = bench.LoadGenerator(kind, plain, f"gen-{kind}", mix_file, 2, connections).result()
+        records = [
+            r for r in sim.stats()["cp"]["requests"] if r["headers"].get("x-bench-proxy") == f"gen-{kind}"
+        ]
+    assert counted >= 40
+    assert counted <= len(records) <= counted + connections  # the servers count the last ones in flight too
+    sent = Counter(
+        (r["method"], cp + r["path"] + (f"?{r['query']}" if r["query"] else ""), r["body_sha256"])
+        for r in records
+    )
+    assert set(sent) == {(m, u, hashlib.sha256(b.encode()).hexdigest()) for m, u, b in mix}
+    share = len(records) / len(mix)
+    assert all(abs(n - share) <= connections + 1 for n in sent.values()), sent
+    for r in records:
+        assert r["headers"]["authorization"] == f"Bearer {bench.API_KEY}"
+        assert r["headers"]["host"] == cp.removeprefix("http://")
