@@ -1,4 +1,4 @@
-"""Shared pieces of the audit-mode tests: options, decision-log reading, clients through the proxy.
+"""Shared by the audit-mode tests: options, reading the audit's records, clients that route by themselves.
 
 In audit mode the client routes by itself; these helpers build such clients (the official Python
 and Node SDKs, plain httpx) pointed at the simulator through a real mitmdump or mitmweb, and read
@@ -9,36 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import kernel
-import pytest
-from conftest import API_KEY, proxy_options
+from conftest import proxy_options
 from mitmdump_runner import Mitmdump
+from proxy_clients import API_KEY, AUTH, ROUTING_ENV, node_sdk, wait_until
 from simulator import Simulator
-
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-ROUTING_ENV = "KERNEL_BROWSER_ROUTING_SUBRESOURCES"
-NODE_DIR = Path(__file__).resolve().parent / "node"
-NODE = shutil.which("node")
-
-
-def require_node() -> None:
-    """Skips the calling test when the Node SDK driver cannot run here."""
-    if NODE is None:
-        pytest.skip("node is not installed: the Node SDK driver needs Node 20")
-    if not (NODE_DIR / "node_modules" / "@onkernel" / "sdk").is_dir():
-        pytest.skip("tests/node/node_modules is missing: scripts/setup installs it when node and npm exist")
 
 
 def audit_options(sim: Simulator, subresources: str, window_ms: int, **extra: str) -> dict[str, str]:
@@ -74,13 +57,15 @@ def of_session(record: dict[str, Any], session_id: str) -> bool:
 
 def audited(proxy: Mitmdump, session_id: str, count: int, timeout: float = 10) -> list[dict[str, Any]]:
     """The audited flows of a session (latest record each), once `count` of them are logged."""
-    deadline = time.monotonic() + timeout
-    while True:
+    flows: list[dict[str, Any]] = []
+
+    def enough() -> bool:
         mine = [r for r in proxy.records(wait_for=0) if r["url"] and of_session(r, session_id)]
-        flows = list(latest_by_flow(mine).values())
-        if len(flows) >= count or time.monotonic() > deadline:
-            return flows
-        time.sleep(0.05)
+        flows[:] = latest_by_flow(mine).values()
+        return len(flows) >= count
+
+    wait_until(enough, timeout)
+    return flows
 
 
 def flow_lines(proxy: Mitmdump, flow_id: str) -> list[dict[str, Any]]:
@@ -92,13 +77,15 @@ def wait_flow(
     proxy: Mitmdump, flow_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 10
 ) -> dict[str, Any]:
     """The flow's latest record once `until` holds for it (the last one seen otherwise)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = flow_lines(proxy, flow_id)
-        if (lines and until(lines[-1])) or time.monotonic() > deadline:
-            assert lines, f"flow {flow_id} was never logged"
-            return lines[-1]
-        time.sleep(0.05)
+    lines: list[dict[str, Any]] = []
+
+    def done() -> bool:
+        lines[:] = flow_lines(proxy, flow_id)
+        return bool(lines) and until(lines[-1])
+
+    wait_until(done, timeout)
+    assert lines, f"flow {flow_id} was never logged"
+    return lines[-1]
 
 
 def summary(flows: list[dict[str, Any]]) -> list[tuple[str, str, Any, list[str]]]:
@@ -125,31 +112,6 @@ def exit_table(proxy: Mitmdump) -> dict[str, Any]:
     line = next(x for x in reversed(proxy.output) if "browserrouting audit: " in x)
     table: dict[str, Any] = json.loads(line.split("browserrouting audit: ", 1)[1])
     return table
-
-
-def web_flows(proxy: Mitmdump) -> list[dict[str, Any]]:
-    """mitmweb's flow list (what its UI shows: comment, marker, ...)."""
-    url = httpx.URL(proxy.web_url)
-    with httpx.Client(trust_env=False) as web:
-        got = web.get(f"{url.scheme}://{url.host}:{url.port}/flows", params={"token": url.params["token"]})
-    flows: list[dict[str, Any]] = got.raise_for_status().json()
-    return flows
-
-
-# --------------------------------------------------------------------------- the simulator's side
-
-
-def vm_requests(sim: Simulator, jwt: str) -> list[dict[str, Any]]:
-    """What the VM received with this jwt, directly from a client (not forwarded by the CP)."""
-    return [
-        r
-        for r in sim.stats()["vm"]["requests"]
-        if not r["via_cp"] and parse_qs(r["query"]).get("jwt") == [jwt]
-    ]
-
-
-def cp_requests(sim: Simulator, session_id: str) -> list[dict[str, Any]]:
-    return [r for r in sim.stats()["cp"]["requests"] if f"/browsers/{session_id}" in r["path"]]
 
 
 # --------------------------------------------------------------------------- clients
@@ -183,28 +145,8 @@ def python_sdk(proxy: Mitmdump, sim: Simulator, subresources: str) -> Iterator[k
 def run_node(
     proxy: Mitmdump, sim: Simulator, steps: list[dict[str, Any]], routing: str | None = None
 ) -> list[dict[str, Any]]:
-    """Runs tests/node/sdk_client.mjs (the official Node SDK) through the proxy; its step results.
-    `routing` sets the SDK's KERNEL_BROWSER_ROUTING_SUBRESOURCES (None: its defaults)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("KERNEL_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
-    }
-    env["NODE_EXTRA_CA_CERTS"] = str(proxy.ca_cert)
-    if routing is not None:
-        env[ROUTING_ENV] = routing
-    spec = {"proxy": proxy.url, "base_url": sim.cp_url, "api_key": API_KEY, "steps": steps}
-    assert NODE is not None
-    done = subprocess.run(
-        [NODE, str(NODE_DIR / "sdk_client.mjs"), json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=NODE_DIR,
-    )
-    assert done.returncode == 0, done.stderr
-    out: dict[str, Any] = json.loads(done.stdout)
+    """The step results of the official Node SDK (0.84.0) run through the proxy (`node_sdk`)."""
+    out = node_sdk(proxy, sim, steps, routing)
     assert out["sdk_version"] == "0.84.0"
     results: list[dict[str, Any]] = out["steps"]
     return results

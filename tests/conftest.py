@@ -1,24 +1,29 @@
-"""Shared fixtures: the Kernel simulator and a real mitmdump with the addon, on loopback."""
+"""Shared fixtures: the Kernel simulator, a real mitmdump with the addon on loopback, a scripted CP,
+and the addon's parts in taddons (`h`: the harness of addon_harness.py; `script`: the entry script)."""
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
+from addon_harness import TEST_OPTIONS, Harness, Wired, assert_no_secrets, running, wired
+from hardening_support import ScriptedServer
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
 
-API_KEY = "sk-test-secret-key"
+from addon.paths import SUBRESOURCES_ENV
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    with Simulator() as simulator:
+def sim(request: pytest.FixtureRequest) -> Iterator[Simulator]:
+    """One simulator per module, built with the module's `SIMULATOR_OPTIONS` if it has them."""
+    with Simulator(**getattr(request.module, "SIMULATOR_OPTIONS", {})) as simulator:
         yield simulator
 
 
@@ -43,3 +48,29 @@ def proxy_options(sim: Simulator, **extra: str) -> dict[str, str]:
 def proxy(sim: Simulator) -> Iterator[Mitmdump]:
     with Mitmdump(proxy_options(sim)) as mitmdump:
         yield mitmdump
+
+
+@pytest.fixture(scope="module")
+def cp() -> Iterator[ScriptedServer]:
+    """A scripted control plane for answers the simulator never gives (hardening_support.py)."""
+    with ScriptedServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def h(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Harness]:
+    """The addon's parts in taddons, with TEST_OPTIONS and a decision log in tmp_path."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv(SUBRESOURCES_ENV, raising=False)
+    with running(tmp_path, monkeypatch, TEST_OPTIONS) as harness:
+        yield harness
+    # Every test doubles as a secrets check: metadata, comments, the log file, the logs.
+    assert_no_secrets(harness, caplog.text)
+
+
+@pytest.fixture
+def script() -> Iterator[Wired]:
+    """The entry script's addons, loaded and wired as mitmdump does, in taddons."""
+    yield from wired()

@@ -21,8 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import brotli
-from conftest import API_KEY
 from mitmdump_runner import Mitmdump
+from proxy_clients import API_KEY
 
 AUTH = ("Authorization", f"Bearer {API_KEY}")
 CRASH_MARKS = ("Addon error", "Traceback")
@@ -236,15 +236,6 @@ def crashes(proxy: Mitmdump, since: int = 0) -> list[str]:
     return [line for line in proxy.output[since:] if any(mark in line for mark in CRASH_MARKS)]
 
 
-def cache_changes(proxy: Mitmdump, session_id: str) -> list[str]:
-    """The decisions of every cache change the log has for a session."""
-    return [
-        r["decision"]
-        for r in proxy.records(None, session_id, wait_for=0)
-        if r["decision"].startswith("route_")
-    ]
-
-
 def browser(session_id: str, base_url: str, jwt: str = "tok-abc.def.ghi", **extra: Any) -> dict[str, Any]:
     """A browser object as the CP returns it."""
     return {"session_id": session_id, "base_url": base_url, "jwt": jwt, "headless": True, **extra}
@@ -259,23 +250,3 @@ def brotli_bomb(prefix: bytes, inflated_mib: int = 1100, filler: bytes = b" ") -
     out += [compressor.process(chunk) for _ in range(inflated_mib)]
     out.append(compressor.finish())
     return b"".join(out)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
-
-
-def mitmweb_options(proxy: Mitmdump) -> dict[str, Any]:
-    """Every option's current value, as mitmweb's options API gives it (tool="mitmweb")."""
-    import httpx
-
-    base = httpx.URL(proxy.web_url)
-    got = httpx.get(
-        f"{base.scheme}://{base.host}:{base.port}/options", params={"token": base.params["token"]}
-    )
-    return {name: spec["value"] for name, spec in got.json().items()}

@@ -17,24 +17,20 @@ from typing import Any
 import httpx
 import pytest
 from audit_helpers import (
-    AUTH,
     RawClient,
     Route,
     audit_options,
     audit_table,
     audited,
     broken_by,
-    cp_requests,
     flow_lines,
     route_of,
     secret_forms,
     summary,
-    vm_requests,
-    web_flows,
 )
-from conftest import API_KEY
 from mitmdump_runner import Mitmdump
 from mitmproxy import io
+from proxy_clients import API_KEY, AUTH, cp_requests, vm_requests, web_api
 from simulator import Simulator
 
 WINDOW_MS = 800
@@ -43,10 +39,7 @@ REGISTRY = ("telemetry/events",)
 GONE = {"code": "browser_gone", "message": "browser not found"}
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    with Simulator(sse_interval=0.02) as simulator:
-        yield simulator
+SIMULATOR_OPTIONS = {"sse_interval": 0.02}  # the module's simulator: a VM stream ends quickly
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +143,7 @@ def test_conforming_client_falls_back_once_on_browser_gone_and_audits_ok(
     time.sleep(WINDOW_MS / 1000 + 0.3)  # past the window: still no missing fallback
     assert all(flow_lines(web, f["flow_id"])[-1]["violations"] == [] for f in flows)
     assert broken_by(audit_table(web), flows) == {}
-    comments = {f["id"]: f["comment"] for f in web_flows(web)}
+    comments = {f["id"]: f["comment"] for f in web_api(web, "/flows")}
     assert all(comments[f["flow_id"]].startswith("audit ok") for f in flows)
 
 
@@ -365,7 +358,7 @@ def test_no_secret_in_the_log_comments_metadata_output_or_audit_table(sim: Simul
             raw.close()
         time.sleep(WINDOW_MS / 1000 + 0.3)
         table = proxy.command("browserrouting.audit")
-        comments = "\n".join(f["comment"] for f in web_flows(proxy))
+        comments = "\n".join(f["comment"] for f in web_api(proxy, "/flows"))
         proxy.stop()
         log = proxy.log_path.read_text()
         output = "".join(proxy.output)

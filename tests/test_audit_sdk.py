@@ -16,22 +16,19 @@ from typing import Any
 import kernel
 import pytest
 from audit_helpers import (
-    AUTH,
     audit_options,
     audit_table,
     audited,
     broken_by,
-    cp_requests,
     exit_table,
     flow_lines,
     python_sdk,
-    require_node,
     run_node,
     summary,
-    vm_requests,
     wait_flow,
 )
 from mitmdump_runner import Mitmdump
+from proxy_clients import AUTH, cp_requests, require_node, vm_requests
 from simulator import Simulator
 
 WINDOW_MS = 1500  # the SDKs' retry backoff reaches about a second: a VM retry must fall inside
@@ -39,10 +36,7 @@ PY_ROUTING = "telemetry"
 NODE_DEFAULTS = "curl,telemetry/stream"  # @onkernel/sdk 0.84.0's own default allowlist
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    with Simulator(sse_interval=0.02) as simulator:
-        yield simulator
+SIMULATOR_OPTIONS = {"sse_interval": 0.02}  # the module's simulator: a VM stream ends quickly
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from addon_harness import start as start_script
 from mitmproxy import hooks, http
 from mitmproxy.proxy.layers.http import _hooks as http_hooks
 from mitmproxy.test import taddons, tflow
@@ -83,8 +84,7 @@ async def start(tmp_path: Path, window_ms: int) -> AsyncIterator[Proxy]:
     addons = [*parts.chain, redraws]
     log_path = tmp_path / "decisions.jsonl"
     with taddons.context(*addons) as tctx:
-        for addon in addons:  # what loading the script does: every option, once
-            tctx.master.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(tctx.options.keys())))
+        start_script(tctx, addons)  # what loading the script does: every option, once
         tctx.configure(
             parts.router, browserrouting_control_plane=CP, browserrouting_vm_hosts="*.vm.test",
             browserrouting_subresources="telemetry", browserrouting_mode="audit",

@@ -27,12 +27,11 @@ from hardening_support import (
     ScriptedServer,
     Seen,
     crashes,
-    mitmweb_options,
     raw_request,
     request_headers,
 )
 from mitmdump_runner import CommandFailed, Mitmdump
-from proxy_clients import vm_hits
+from proxy_clients import vm_hits, web_api
 from simulator import Simulator
 
 try:  # as the addon does (Python 3.14+ has it in the standard library)
@@ -145,12 +144,6 @@ ANSWERS: list[tuple[str, Body, tuple[tuple[str, str], ...], str | None]] = [
     ("problem_json", VALID, ctype("application/problem+json; charset=utf-8"), "live"),
     ("upper_case_type", VALID, ctype("APPLICATION/JSON"), "live"),
 ]
-
-
-@pytest.fixture(scope="module")
-def cp() -> Iterator[ScriptedServer]:
-    with ScriptedServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +271,12 @@ def test_an_odd_request_goes_on_untouched_or_routed_without_the_api_key(
 
 # --------------------------------------------------------------------------- options set live
 
+
+def options_of(web: Mitmdump) -> dict[str, Any]:
+    """Every option's current value, as mitmweb's options API gives it."""
+    return {name: spec["value"] for name, spec in web_api(web, "/options").items()}
+
+
 BAD_OPTIONS = [
     ("browserrouting_control_plane", "ftp://127.0.0.1"),
     ("browserrouting_control_plane", "http://"),
@@ -302,10 +301,10 @@ def test_a_bad_option_set_live_is_refused_and_the_previous_value_kept(
     web: Mitmdump, cp: ScriptedServer, sim: Simulator, name: str, value: str
 ) -> None:
     since = len(web.output)
-    before = mitmweb_options(web)
+    before = options_of(web)
     with pytest.raises(CommandFailed, match=name):
         web.command("set", name, value)
-    assert mitmweb_options(web) == before
+    assert options_of(web) == before
     sim.reset()
     assert raw_request(web, "GET", f"{cp.url}/browsers/{CORPUS_SID}/fs/read_file?path=/opt").status == 200
     assert len(vm_hits(sim, "/fs/read_file")) == 1  # still routed with the options it had

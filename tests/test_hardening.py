@@ -26,21 +26,15 @@ from hardening_support import (
     ScriptedServer,
     brotli_bomb,
     browser,
-    cache_changes,
     crashes,
     raw_request,
 )
 from mitmdump_runner import Mitmdump
+from proxy_clients import cache_changes
 from simulator import Simulator
 from soak import rss_mb
 
 MB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def cp() -> Iterator[ScriptedServer]:
-    with ScriptedServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,11 @@ from hardening_support import (
     Reply,
     ScriptedServer,
     browser,
-    cache_changes,
     crashes,
     raw_request,
-    wait_until,
 )
 from mitmdump_runner import Mitmdump
-from proxy_clients import new_browser, vm_hits
+from proxy_clients import cache_changes, flow_records, new_browser, vm_hits, wait_until
 from simulator import Simulator
 
 ADDON = Path(__file__).resolve().parent.parent / "addon"
@@ -41,12 +39,6 @@ def request(flow: http.HTTPFlow) -> None:
         flow.kill()
 """
 REDIRECT_JWT = "tok+redirect/jwt="
-
-
-@pytest.fixture(scope="module")
-def cp() -> Iterator[ScriptedServer]:
-    with ScriptedServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +62,6 @@ def proxy(sim: Simulator, cp: ScriptedServer, tmp_path_factory: pytest.TempPathF
         yield mitmdump
 
 
-def final_records(proxy: Mitmdump, sid: str, url_part: str, count: int = 1) -> list[dict[str, Any]]:
-    """The session's flow records (no cache changes) whose URL holds `url_part`, once `count` are in."""
-    found: list[dict[str, Any]] = []
-
-    def enough() -> bool:
-        found[:] = [
-            r for r in proxy.records(None, sid, wait_for=0)
-            if url_part in (r.get("url") or "") and not r["decision"].startswith("route_")
-        ]  # fmt: skip
-        return len(found) >= count
-
-    wait_until(enough, timeout=5)
-    return found
-
-
 # --------------------------------------------------------------------------- 6. killed flows
 
 
@@ -96,7 +73,7 @@ def test_a_killed_routed_get_is_decided_no_fallback_vm_error_not_routed(
     sid = new_browser(proxy, fresh_sim)
     with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
         raw_request(proxy, "GET", f"{fresh_sim.cp_url}/browsers/{sid}/fs/{how}")
-    records = final_records(proxy, sid, how)
+    records = flow_records(proxy, sid, 1, url_part=how)
     assert [(r["decision"], r["reason"]) for r in records] == [("no_fallback", "vm_error")]
     assert records[0]["error"]
     assert vm_hits(fresh_sim, how) == []
@@ -116,7 +93,7 @@ def test_a_routed_get_whose_client_leaves_is_decided_no_fallback_vm_error(
             assert wait_until(lambda: len(vm_hits(fresh_sim, "read_file")) == 1)
     finally:
         fresh_sim.set_latency(vm=0)
-    records = final_records(proxy, sid, "leaving")
+    records = flow_records(proxy, sid, 1, url_part="leaving")
     assert [(r["decision"], r["reason"]) for r in records] == [("no_fallback", "vm_error")]
     assert crashes(proxy, since) == []
 
@@ -152,7 +129,7 @@ def test_a_vm_redirect_under_base_url_is_followed_on_the_vm_and_the_cp_never_see
     assert [s.path for s in on_vm] == ["/browser/kernel/fs/start", "/browser/kernel/fs/landed"]
     assert on_vm[1].query == f"x=1&jwt={jwt}" and on_vm[1].header("Authorization") == []
     assert cp.seen("/fs/") == [] and not any("jwt" in s.target for s in cp.seen())
-    assert [r["decision"] for r in final_records(proxy, sid, "/fs/", 2)] == ["routed", "routed"]
+    assert [r["decision"] for r in flow_records(proxy, sid, 2, url_part="/fs/")] == ["routed", "routed"]
     assert crashes(proxy, since) == []
 
 

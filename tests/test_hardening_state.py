@@ -8,13 +8,12 @@ flow through mitmproxy's hooks in order to one ending, and counts what is left.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import quote
 
 import pytest
-from mitmproxy import hooks, http
+from addon_harness import run_hook, start
+from mitmproxy import http
 from mitmproxy.flow import Error
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -29,20 +28,11 @@ VM_BASE = "https://proxy.iad.vm.test:8443/browser/kernel"
 ENDINGS = ["answered", "answered_404", "errored", "killed", "client_gone", "injected_reset"]
 
 
-async def run_hook(chain: list[Any], name: str, flow: http.HTTPFlow) -> None:
-    """One hook on every part in chain order (as mitmproxy calls them), exceptions propagating."""
-    for part in chain:
-        fn = getattr(part, name, None)
-        if fn is not None and (result := fn(flow)) is not None and inspect.isawaitable(result):
-            await result
-
-
 @pytest.fixture(params=["route", "audit"])
 def parts(request: pytest.FixtureRequest) -> Iterator[Parts]:
     built = Parts()
     with taddons.context(*built.chain) as tctx:
-        for part in built.chain:
-            tctx.master.addons.invoke_addon_sync(part, hooks.ConfigureHook(set(tctx.options.keys())))
+        start(tctx, built.chain)
         tctx.configure(
             built.router,
             browserrouting_control_plane=f"https://{CP_HOST}",

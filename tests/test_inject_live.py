@@ -21,13 +21,7 @@ from simulator import Simulator
 GONE = {"code": "browser_gone", "message": "browser not found"}
 STATUS = {"gone": 404, "404": 404, "401": 401, "403": 403, "500": 500, "502": 502, "503": 503, "504": 504}
 BAD_RULES = ["x=teapot", "=gone", "s=gone:0", "s=gone:x", "s/../x=gone"]
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    """This module's own simulator: short SSE intervals, so a stream the VM serves ends quickly."""
-    with Simulator(sse_interval=0.02) as simulator:
-        yield simulator
+SIMULATOR_OPTIONS = {"sse_interval": 0.02}  # the module's simulator: a VM stream ends quickly
 
 
 @pytest.fixture(scope="module")

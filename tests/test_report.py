@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from conftest import API_KEY, proxy_options
+from conftest import proxy_options
 from mitmdump_runner import ROOT, CommandFailed, Mitmdump
+from proxy_clients import API_KEY, client
 from simulator import Simulator
 
 from addon import report
@@ -260,9 +260,9 @@ def web(sim: Simulator) -> Iterator[Mitmdump]:
 def test_report_command_writes_the_running_proxys_log_with_its_options(
     web: Mitmdump, sim: Simulator, tmp_path: Path
 ) -> None:
-    with httpx.Client(proxy=web.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10) as client:
-        sid = client.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]
-        assert client.get(f"{sim.cp_url}/browsers/{sid}/fs/read_file", params={"path": "/x"}).is_success
+    with client(web) as c:
+        sid = c.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]
+        assert c.get(f"{sim.cp_url}/browsers/{sid}/fs/read_file", params={"path": "/x"}).is_success
     web.records("routed", sid)
     written = web.command("browserrouting.report", str(tmp_path / "r.html"))
     html = Path(written).read_text()

@@ -6,21 +6,14 @@ simulator's records show where each request arrived and with which credentials.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 import time
-from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 from mitmdump_runner import Mitmdump
+from proxy_clients import NODE, NODE_DIR, node_sdk
 from simulator import Simulator
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
-NODE = shutil.which("node")
 API_KEY = "sk-node-sdk-test"
 
 pytestmark = [
@@ -32,34 +25,12 @@ pytestmark = [
 ]
 
 
-def _run_driver(proxy: Mitmdump, sim: Simulator, steps: list[dict[str, Any]]) -> dict[str, Any]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("KERNEL_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
-    }
-    env["NODE_EXTRA_CA_CERTS"] = str(proxy.ca_cert)
-    spec = {"proxy": proxy.url, "base_url": sim.cp_url, "api_key": API_KEY, "steps": steps}
-    assert NODE is not None
-    done = subprocess.run(
-        [NODE, str(NODE_DIR / "sdk_client.mjs"), json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=NODE_DIR,
-    )
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
-
-
 def test_node_sdk_routes_the_stream_to_the_vm_through_the_proxy() -> None:
     with (
         Simulator(sse_interval=0.05) as sim,
         Mitmdump({"ssl_verify_upstream_trusted_ca": sim.cert_path}, with_addon=False) as proxy,
     ):
-        out = _run_driver(proxy, sim, [{"op": "create"}, {"op": "stream", "max_events": 2}])
+        out = node_sdk(proxy, sim, [{"op": "create"}, {"op": "stream", "max_events": 2}], api_key=API_KEY)
         stats = sim.stats()
         cp_port, vm_port, jwts = sim.cp_port, sim.vm_port, {b: sim.jwt_for(b) for b in sim.browsers}
         deadline = time.monotonic() + 5

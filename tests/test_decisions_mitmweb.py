@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import API_KEY, proxy_options
+from conftest import proxy_options
 from mitmdump_runner import ROOT, Mitmdump
+from proxy_clients import AUTH
 from simulator import Simulator
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -32,24 +32,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def mitmweb(sim: Simulator) -> Iterator[Mitmdump]:
     columns = tuple(arg for column in WEB_COLUMNS for arg in ("--set", f"web_columns={column}"))
-    options = proxy_options(sim, web_host="127.0.0.1", web_port=str(free_port()), web_open_browser="false")
-    with Mitmdump(options, tool="mitmweb", extra_args=columns) as web:
+    with Mitmdump(proxy_options(sim), tool="mitmweb", extra_args=columns) as web:
         yield web
 
 
 def drive_four_decisions(sim: Simulator, proxy_url: str) -> dict[str, str]:
     """One flow of each decision: passthrough, routed, fallback (and its re-issue), no_fallback."""
-    with httpx.Client(proxy=proxy_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10) as c:
+    with httpx.Client(proxy=proxy_url, headers=AUTH, timeout=10) as c:
         sid = c.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]
         assert c.get(f"{sim.cp_url}/browsers/{sid}/fs/read_file", params={"path": "/etc/hostname"}).is_success
         sim.kill_on_vm(sid)

@@ -1,10 +1,11 @@
-"""Scripted replay: the demo's scenarios, recorded by scripts/record.py, replayed offline.
+"""Inspection and replay: flows read back from a file, flows replayed, re-issues saved as flows.
 
-The recording runs the simulator; the replay does not (its ports refuse connections).
-mitmdump with the addon and `--server-replay upstream.mitm` answers every request the
-addon sends on (the routed VM calls, the CP calls, the fallback's re-issue) from what the
-servers answered at record time, so the addon must take the same decisions and the client
-must get the same answers as in client.mitm.
+The demo's scenarios, recorded by scripts/record.py, are replayed offline: the recording runs the
+simulator; the replay does not (its ports refuse connections). mitmdump with the addon and
+`--server-replay upstream.mitm` answers every request the addon sends on (the routed VM calls, the
+CP calls, the fallback's re-issue) from what the servers answered at record time, so the addon must
+take the same decisions and the client must get the same answers as in client.mitm. A flow read
+offline is never routed nor re-issued; a replayed flow is decided afresh.
 """
 
 from __future__ import annotations
@@ -20,9 +21,30 @@ from typing import Any
 
 import httpx
 import pytest
+from addon_harness import (
+    CP,
+    SID,
+    Harness,
+    Wired,
+    browser,
+    cp_flow,
+    cp_request,
+    decision,
+    gone_response,
+    record,
+    routed,
+    view,
+)
+from conftest import proxy_options
 from mitmdump_runner import ENTRY, Mitmdump
 from mitmproxy import http, io
-from record import record
+from mitmproxy.test import tflow
+from proxy_clients import API_KEY as LIVE_API_KEY
+from proxy_clients import client, create_browser, events_url
+from record import record as record_scenario
+from simulator import Simulator
+
+from addon.recorder import METADATA_KEY
 
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 CLIENT_HEADERS = ("content-type", "x-next-offset", "x-has-more")
@@ -32,11 +54,6 @@ Record = dict[str, Any]
 def read_flows(path: Path) -> list[http.HTTPFlow]:
     with path.open("rb") as f:
         return [flow for flow in io.FlowReader(f).stream() if isinstance(flow, http.HTTPFlow)]
-
-
-def record_of(flow: http.HTTPFlow) -> Record:
-    rec: Record = flow.metadata["browserrouting"]
-    return rec
 
 
 def summary(rec: Record) -> tuple[Any, ...]:
@@ -60,12 +77,12 @@ class Recording:
     @property
     def answers(self) -> list[http.HTTPFlow]:
         """The flows the client saw (a re-issue only feeds the flow it serves)."""
-        return [f for f in self.client if record_of(f)["decision"] != "reissue"]
+        return [f for f in self.client if record(f)["decision"] != "reissue"]
 
     @property
     def log_lines(self) -> int:
         """Decision log lines of a run: one per flow and one per cache change."""
-        return sum(1 + len(record_of(f).get("cache", [])) for f in self.client)
+        return sum(1 + len(record(f).get("cache", [])) for f in self.client)
 
 
 @dataclass
@@ -78,7 +95,7 @@ class Replay:
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
     outdir = tmp_path_factory.mktemp("recording")
-    scenario = record(outdir)  # starts and stops the simulator, A and B
+    scenario = record_scenario(outdir)  # starts and stops the simulator, A and B
     return Recording(
         outdir, scenario, read_flows(outdir / "upstream.mitm"), read_flows(outdir / "client.mitm")
     )
@@ -113,6 +130,9 @@ def replay(recording: Recording) -> Iterator[Replay]:
         yield Replay(responses, records, "".join(proxy.output))
 
 
+# --------------------------------------------------------------------------- the recorded scenarios, replayed
+
+
 def test_recording_holds_what_went_upstream(recording: Recording) -> None:
     """B saw the VM's raw 404 browser_gone and the CP re-issue, not what the client got."""
     gone = [f for f in recording.upstream if f.response and f.response.status_code == 404]
@@ -141,7 +161,7 @@ def test_replay_gives_the_client_the_recorded_answers(recording: Recording, repl
     for got, flow in zip(replay.responses, recording.answers, strict=True):
         want = flow.response
         assert want is not None
-        where = f"{flow.request.method} {record_of(flow)['url']}"
+        where = f"{flow.request.method} {record(flow)['url']}"
         assert got.status_code == want.status_code, where
         assert got.content == want.content, where
         for name in CLIENT_HEADERS:
@@ -149,11 +169,11 @@ def test_replay_gives_the_client_the_recorded_answers(recording: Recording, repl
 
 
 def test_replay_makes_the_recorded_decisions(recording: Recording, replay: Replay) -> None:
-    recorded = [summary(record_of(f)) for f in recording.client]
+    recorded = [summary(record(f)) for f in recording.client]
     assert [summary(r) for r in flow_records(replay.records)] == recorded
     changes = [(r["decision"], r["reason"], r["session_id"]) for r in replay.records]
     assert [c for c in changes if c[0].startswith("route_")] == [
-        c for f in recording.client for c in summary(record_of(f))[-1]
+        c for f in recording.client for c in summary(record(f))[-1]
     ]
 
 
@@ -163,6 +183,9 @@ def test_the_fallback_runs_offline(replay: Replay) -> None:
     assert (fallback["vm_status"], fallback["cp_status"]) == (404, 200)
     assert reissue["serves"] == fallback["flow_id"] and fallback["reissue_flow"] == reissue["flow_id"]
     assert ("route_evicted", "browser_gone") in [(r["decision"], r["reason"]) for r in replay.records]
+
+
+# --------------------------------------------------------------------------- reading recorded flows offline
 
 
 def offline_read(recording: Recording, tmp_path: Path) -> tuple[list[http.HTTPFlow], list[Record]]:
@@ -181,11 +204,11 @@ def test_offline_read_keeps_the_recorded_decisions(recording: Recording, tmp_pat
     # No re-issue: the same flows (a re-issue would be a new flow), with the same decisions.
     assert [f.id for f in flows] == [f.id for f in recording.client]
     keys = ("decision", "reason", "vm_status", "cp_status", "serves", "reissue_flow")
-    assert [[record_of(f).get(k) for k in keys] for f in flows] == [
-        [record_of(f).get(k) for k in keys] for f in recording.client
+    assert [[record(f).get(k) for k in keys] for f in flows] == [
+        [record(f).get(k) for k in keys] for f in recording.client
     ]
     assert [(r["flow_id"], r["decision"]) for r in flow_records(records)] == [
-        (f.id, record_of(f)["decision"]) for f in recording.client
+        (f.id, record(f)["decision"]) for f in recording.client
     ]
     assert not any(r["decision"] == "route_evicted" for r in records)
 
@@ -193,4 +216,68 @@ def test_offline_read_keeps_the_recorded_decisions(recording: Recording, tmp_pat
 def test_offline_read_changes_no_route(recording: Recording, tmp_path: Path) -> None:
     flows, records = offline_read(recording, tmp_path)
     assert [r for r in records if r["decision"].startswith("route_")] == []
-    assert [record_of(f) for f in flows] == [record_of(f) for f in recording.client]
+    assert [record(f) for f in flows] == [record(f) for f in recording.client]
+
+
+async def test_a_routed_flow_read_offline_is_never_reissued(h: Harness) -> None:
+    # A routed flow read back from a file (mitmdump -nr): live is False.
+    flow = await routed(h)
+    flow.live = False
+    vm = gone_response()
+    expected = view(vm)
+    await h.respond(flow, vm)
+    assert h.reissues.copies == []
+    assert record(flow)["decision"] == "routed"
+    assert h.client_view(flow) == expected
+    assert h.router.cache.get(SID) is not None
+
+
+async def test_a_request_read_offline_is_never_routed(h: Harness) -> None:
+    await h.learn(browser())
+    flow = tflow.tflow(req=cp_request("GET", f"/browsers/{SID}/telemetry/events"), live=False)
+    await h.request(flow)
+    assert flow.request.url == f"{CP}/browsers/{SID}/telemetry/events"
+    assert METADATA_KEY not in flow.metadata
+
+
+# --------------------------------------------------------------------------- replayed flows
+
+
+async def test_a_replayed_flow_is_decided_afresh_not_from_its_old_record(h: Harness) -> None:
+    await h.learn(browser())
+    flow = cp_flow("GET", f"/browsers/{SID}/fs/x")
+    flow.metadata[METADATA_KEY] = {"decision": "passthrough", "reason": "no_route", "stale": True}
+    await h.request(flow)
+    assert record(flow)["decision"] == "routed"
+    assert "stale" not in record(flow)
+
+
+async def test_mitmwebs_replay_of_a_routed_flow_goes_as_it_stands_without_a_record(script: Wired) -> None:
+    await script.create("s1")
+    flow = await script.send("GET", "/browsers/s1/fs/a")
+    assert decision(flow) == ("routed", None)
+    # mitmweb's Replay sends the flow again as it stands: to the VM, not a CP request any more
+    flow.response, flow.is_replay = None, "request"
+    script.parts.requestheaders(flow)
+    assert "browserrouting" not in flow.metadata and flow.comment == "" and flow.marked == ""
+
+
+def test_reissue_is_a_flow_of_its_own_in_saved_flows(sim: Simulator, tmp_path: Path) -> None:
+    """What the view and `-w` see: the re-issue is its own flow, linked both ways."""
+    flows_file = tmp_path / "flows.mitm"
+    with Mitmdump(proxy_options(sim, save_stream_file=str(flows_file))) as proxy:
+        sid = create_browser(proxy, sim)["session_id"]
+        sim.kill_on_vm(sid)
+        with client(proxy) as c:
+            assert c.get(events_url(sim, sid)).status_code == 200
+        proxy.records("fallback", sid)
+    flows = read_flows(flows_file)
+    by_decision = {fl.metadata["browserrouting"]["decision"]: fl for fl in flows}
+    original, reissue = by_decision["fallback"], by_decision["reissue"]
+    assert reissue.id != original.id and reissue.is_replay == "request"
+    assert reissue.metadata["browserrouting"]["serves"] == original.id
+    assert original.metadata["browserrouting"]["reissue_flow"] == reissue.id
+    assert reissue.request.url == events_url(sim, sid)
+    assert reissue.request.headers["authorization"] == f"Bearer {LIVE_API_KEY}"
+    assert original.response is not None and original.response.status_code == 200
+    assert original.marked == ":arrows_counterclockwise:" and reissue.marked == ":leftwards_arrow_with_hook:"

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import kernel
 import pytest
-from conftest import API_KEY
 from mitmdump_runner import Mitmdump
+from proxy_clients import API_KEY, requests_to
 from simulator import GONE_BODY, Simulator
 
 BEARER = f"Bearer {API_KEY}"
@@ -56,10 +56,6 @@ def sdk(monkeypatch: pytest.MonkeyPatch, sim: Simulator, proxy: Mitmdump) -> Ite
     # Whatever happened in the test, the SDK itself only ever addressed the control plane.
     cp = httpx.URL(sim.cp_url)
     assert {(r.url.host, r.url.port) for r in sent} <= {(cp.host, cp.port)}
-
-
-def requests_to(sim: Simulator, side: str, path_part: str) -> list[dict[str, Any]]:
-    return [r for r in sim.stats()[side]["requests"] if path_part in r["path"]]
 
 
 def decisions(proxy: Mitmdump, session_id: str, count: int) -> list[tuple[str, str | None]]:

@@ -1,0 +1,413 @@
+"""The addon's parts driven hook by hook in mitmproxy's order with taddons/tflow: flow builders,
+the `Harness` (and its `h` fixture in conftest.py), the entry script wired as mitmdump wires it.
+
+The fallback's real re-issue goes through `mitmproxy.addons.clientplayback.ReplayHandler`
+(network); here `addon.reissue.ReplayHandler` is replaced by a fake that answers without a
+network but, like the real one, runs the re-issue through the addons' own hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import pytest
+from mitmproxy import hooks, http
+from mitmproxy.addons.script import load_script
+from mitmproxy.flow import Error
+from mitmproxy.test import taddons, tflow, tutils
+
+import addon.reissue as reissue_mod
+from addon import chain
+from addon.recorder import METADATA_KEY, DecisionRecorder
+from addon.reissue import ControlPlaneFallback
+from addon.router import BrowserRouting
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CP = "https://api.example.test"
+CP_HOST = "api.example.test"
+API_KEY = "sk-secret"
+SID = "sess-a1b2c3"
+SID2 = "sess-d4e5f6"
+JWT_SECRET_PART = "SIGNATURE-secret-part"
+JWT = f"eyJhbGciOiJIUzI1NiJ9.eyJzaWQiOiJzZXNzLWExYjJjMyJ9.{JWT_SECRET_PART}"
+JWT2 = "eyJhbGciOiJIUzI1NiJ9.eyJzaWQiOiJzZXNzLWQ0ZTVmNiJ9.OTHER-secret-part"
+VM_HOST = "proxy.iad.vm.test"
+VM_PORT = 8443
+VM_BASE = f"https://{VM_HOST}:{VM_PORT}/browser/kernel"
+GONE = {"code": "browser_gone", "message": "browser not found"}
+CP_BODY = {"events": [{"seq": 1, "type": "console"}], "source": "control-plane"}
+
+# Telemetry is routed explicitly, as the reference's tests do.
+TEST_OPTIONS: dict[str, Any] = {
+    "browserrouting_control_plane": CP,
+    "browserrouting_vm_hosts": "*.vm.test",
+    "browserrouting_subresources": "curl,telemetry,fs,process,computer",
+}
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def cp_request(
+    method: str = "GET",
+    path: str = "/browsers",
+    *,
+    content: bytes = b"",
+    headers: tuple[tuple[str, str], ...] = (),
+    host: str = CP_HOST,
+    port: int = 443,
+    scheme: str = "https",
+    http2: bool = False,
+) -> http.Request:
+    """A client's request as mitmproxy parses it, with the API key in Authorization."""
+    default_port = 443 if scheme == "https" else 80
+    authority = host if port == default_port else f"{host}:{port}"
+    fields: list[tuple[bytes, bytes]] = [] if http2 else [(b"Host", authority.encode())]
+    fields += [
+        (b"Authorization", f"Bearer {API_KEY}".encode()),
+        (b"Accept", b"application/json"),
+        (b"User-Agent", b"kernel-python/0.131.0"),
+        (b"X-Trace", b"trace-1"),
+    ]
+    fields += [(k.encode(), v.encode()) for k, v in headers]
+    if content:
+        fields.append((b"Content-Length", str(len(content)).encode()))
+    return tutils.treq(
+        method=method.encode(),
+        scheme=scheme.encode(),
+        host=host,
+        port=port,
+        path=path.encode(),
+        authority=authority.encode() if http2 else b"",
+        http_version=b"HTTP/2.0" if http2 else b"HTTP/1.1",
+        headers=http.Headers(fields),
+        content=content,
+    )
+
+
+def cp_flow(method: str = "GET", path: str = "/browsers", **kwargs: Any) -> http.HTTPFlow:
+    return tflow.tflow(req=cp_request(method, path, **kwargs))
+
+
+def json_response(
+    status: int = 200,
+    body: object = None,
+    *,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> http.Response:
+    return http.Response.make(
+        status, json.dumps(body).encode(), {"Content-Type": content_type, **(headers or {})}
+    )
+
+
+def gone_response(**kwargs: Any) -> http.Response:
+    return json_response(404, GONE, headers={"X-VM": "metro-proxy"}, **kwargs)
+
+
+def cp_response(status: int = 200, body: object = CP_BODY) -> http.Response:
+    return json_response(status, body, headers={"X-Served-By": "control-plane", "Set-Cookie": "cp=1"})
+
+
+def browser(
+    sid: str = SID,
+    *,
+    base_url: str = VM_BASE,
+    jwt: str = JWT,
+    name: str | None = None,
+    cdp_only: bool = False,
+) -> dict[str, Any]:
+    """A browser object as the CP returns it."""
+    obj: dict[str, Any] = {
+        "session_id": sid,
+        "base_url": base_url,
+        "cdp_ws_url": f"wss://{VM_HOST}:{VM_PORT}/browser/cdp?jwt={quote(jwt, safe='')}",
+        "created_at": "2025-01-01T00:00:00Z",
+        "headless": True,
+    }
+    if not cdp_only:
+        obj["jwt"] = jwt
+    if name is not None:
+        obj["name"] = name
+    return obj
+
+
+def view(response: http.Response, body: bytes | None = None) -> tuple[Any, ...]:
+    """What a client receives: status, reason, headers (in order) and raw bytes."""
+    return (
+        response.status_code,
+        response.reason,
+        tuple(response.headers.fields),
+        body if body is not None else response.raw_content,
+    )
+
+
+def query_of(url: str) -> list[tuple[str, str]]:
+    return parse_qsl(urlsplit(url).query, keep_blank_values=True)
+
+
+# --------------------------------------------------------------------------- harness
+
+
+async def run_hook(addons: list[Any], name: str, flow: http.HTTPFlow) -> None:
+    """One hook on every addon in chain order, awaiting the async ones."""
+    for a in addons:
+        fn = getattr(a, name, None)
+        if fn is not None:
+            result = fn(flow)
+            if inspect.isawaitable(result):
+                await result
+
+
+async def deliver(
+    addons: list[Any], flow: http.HTTPFlow, response: http.Response, streamed: dict[str, bytes]
+) -> None:
+    """responseheaders, then response; a response set to stream reaches `response` without a
+    body, as in mitmproxy (its bytes went straight to the client: kept in `streamed`)."""
+    flow.response = response
+    await run_hook(addons, "responseheaders", flow)
+    if flow.response.stream:
+        streamed[flow.id] = flow.response.raw_content or b""
+        flow.response.raw_content = None
+    await run_hook(addons, "response", flow)
+
+
+async def cp_answer(copy: http.HTTPFlow) -> http.Response | Error:
+    return cp_response()
+
+
+@dataclass
+class Reissues:
+    """What the fake ReplayHandler got; `answer` decides what the CP says to a re-issue."""
+
+    addons: list[Any]
+    streamed: dict[str, bytes]
+    copies: list[http.HTTPFlow] = field(default_factory=list)
+    received: list[http.Request] = field(default_factory=list)  # the request as handed over
+    sent: list[http.Request] = field(default_factory=list)  # after the addons' request hooks
+    options: list[Any] = field(default_factory=list)
+    answer: Callable[[http.HTTPFlow], Awaitable[http.Response | Error]] = field(
+        default_factory=lambda: cp_answer
+    )
+
+    async def run(self, copy: http.HTTPFlow) -> None:
+        """What ReplayHandler.replay does, minus the network: the copy is live and passes
+        through every addon's hooks; the answer is set on it."""
+        self.copies.append(copy)
+        self.received.append(copy.request.copy())
+        copy.live = True
+        await run_hook(self.addons, "requestheaders", copy)
+        await run_hook(self.addons, "request", copy)
+        self.sent.append(copy.request.copy())
+        answer = await self.answer(copy)
+        if isinstance(answer, http.Response):
+            await deliver(self.addons, copy, answer, self.streamed)
+        else:
+            copy.error = answer
+            await run_hook(self.addons, "error", copy)
+        copy.live = False
+
+
+def fake_replay_handler(reissues: Reissues) -> type:
+    class FakeReplayHandler:
+        """Same constructor as clientplayback.ReplayHandler; replay() needs no network."""
+
+        def __init__(self, flow: http.HTTPFlow, options: Any) -> None:
+            self.flow = flow
+            reissues.options.append(options)
+
+        async def replay(self) -> None:
+            await reissues.run(self.flow)
+
+    return FakeReplayHandler
+
+
+@dataclass
+class Harness:
+    tctx: taddons.context
+    parts: chain.Parts
+    router: BrowserRouting
+    fallback: ControlPlaneFallback
+    recorder: DecisionRecorder
+    reissues: Reissues
+    log_path: Path
+    streamed: dict[str, bytes]
+    flows: list[http.HTTPFlow] = field(default_factory=list)
+    secrets: set[str] = field(default_factory=lambda: {API_KEY, JWT, JWT_SECRET_PART, JWT2})
+
+    @property
+    def addons(self) -> list[Any]:
+        return [self.parts]  # the one object that takes the flow hooks
+
+    def configure(self, **options: Any) -> None:
+        self.tctx.configure(self.router, **options)
+
+    async def request(self, flow: http.HTTPFlow) -> http.HTTPFlow:
+        self.flows.append(flow)
+        await run_hook(self.addons, "requestheaders", flow)
+        await run_hook(self.addons, "request", flow)
+        return flow
+
+    async def respond(self, flow: http.HTTPFlow, response: http.Response) -> http.HTTPFlow:
+        await deliver(self.addons, flow, response, self.streamed)
+        return flow
+
+    async def fail(self, flow: http.HTTPFlow, msg: str) -> http.HTTPFlow:
+        flow.error = Error(msg)
+        await run_hook(self.addons, "error", flow)
+        return flow
+
+    async def exchange(self, flow: http.HTTPFlow, response: http.Response) -> http.HTTPFlow:
+        await self.request(flow)
+        return await self.respond(flow, response)
+
+    async def learn(
+        self,
+        *objs: dict[str, Any],
+        body: object = None,
+        method: str = "POST",
+        path: str = "/browsers",
+        status: int = 200,
+        content_type: str = "application/json",
+    ) -> http.HTTPFlow:
+        """A CP browser-metadata call whose response describes `objs` (or is `body`)."""
+        doc = body if body is not None else (objs[0] if len(objs) == 1 else list(objs))
+        return await self.exchange(
+            cp_flow(method, path), json_response(status, doc, content_type=content_type)
+        )
+
+    def client_view(self, flow: http.HTTPFlow) -> tuple[Any, ...]:
+        assert flow.response is not None
+        return view(flow.response, self.streamed.get(flow.id))
+
+    def log(self) -> list[dict[str, Any]]:
+        if not self.log_path.exists():
+            return []
+        return [json.loads(line) for line in self.log_path.read_text(encoding="utf-8").splitlines()]
+
+
+def start(tctx: taddons.context, addons: list[Any]) -> None:
+    """What loading `-s addon/browser_routing.py` does: configure each addon with every option."""
+    for a in addons:
+        tctx.master.addons.invoke_addon_sync(a, hooks.ConfigureHook(set(tctx.options.keys())))
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]) -> Iterator[Harness]:
+    # Built exactly as addon/browser_routing.py builds them.
+    parts = chain.Parts()
+    router, fallback, recorder = parts.router, parts.fallback, parts.recorder
+    streamed: dict[str, bytes] = {}
+    reissues = Reissues([parts], streamed)
+    monkeypatch.setattr(reissue_mod, "ReplayHandler", fake_replay_handler(reissues))
+    log_path = tmp_path / "decisions.jsonl"
+    with taddons.context(*parts.chain) as tctx:
+        start(tctx, parts.chain)
+        tctx.configure(router, browserrouting_log=str(log_path), **options)
+        try:
+            yield Harness(tctx, parts, router, fallback, recorder, reissues, log_path, streamed)
+        finally:
+            recorder.done()
+
+
+def secret_texts(h: Harness, caplog_text: str) -> list[str]:
+    texts = [caplog_text, h.log_path.read_text(encoding="utf-8") if h.log_path.exists() else ""]
+    for f in h.flows + h.reissues.copies:
+        texts.append(json.dumps(f.metadata, default=str))
+        texts.append(f.comment)
+    return texts
+
+
+def assert_no_secrets(h: Harness, caplog_text: str) -> None:
+    for text in secret_texts(h, caplog_text):
+        for secret in h.secrets:
+            assert secret not in text
+            assert quote(secret, safe="") not in text
+
+
+async def routed(
+    h: Harness, path: str = f"/browsers/{SID}/telemetry/events", method: str = "GET", **kw: Any
+) -> http.HTTPFlow:
+    """Cache SID's route (once), then send a request that must be routed."""
+    if h.router.cache.get(SID) is None:
+        await h.learn(browser())
+    flow = await h.request(cp_flow(method, path, **kw))
+    assert flow.metadata[METADATA_KEY]["decision"] == "routed"
+    assert flow.request.host == VM_HOST
+    return flow
+
+
+def record(flow: http.HTTPFlow) -> dict[str, Any]:
+    rec = flow.metadata[METADATA_KEY]
+    assert isinstance(rec, dict)
+    return rec
+
+
+# --------------------------------------------------------------------------- the entry script
+
+
+class Wired:
+    """The entry script's addons, wired as mitmdump wires them, in a taddons context."""
+
+    def __init__(self, tctx: taddons.context, addons: list[Any]) -> None:
+        self.tctx = tctx
+        self.router, self.routes_file, self.fallback, _, _, self.commands, self.recorder, self.parts = addons
+
+    async def send(
+        self, method: str, path: str, response: http.Response | None = None, replay: bool = False
+    ) -> http.HTTPFlow:
+        """One client request through the hooks, answered by `response`; `replay`: by server replay."""
+        req = tutils.treq(method=method.encode(), scheme=b"https", host=CP_HOST, port=443, path=path.encode())
+        flow = tflow.tflow(req=req)
+        for name in ("requestheaders", "request", "responseheaders", "response"):
+            if name == "responseheaders":
+                flow.response = response or http.Response.make(
+                    200, b"{}", {"Content-Type": "application/json"}
+                )
+                flow.is_replay = "response" if replay else None
+            await run_hook([self.parts], name, flow)
+        return flow
+
+    async def create(self, session_id: str, name: str | None = None) -> None:
+        obj = {
+            "session_id": session_id,
+            "name": name,
+            "base_url": VM_BASE,
+            "cdp_ws_url": f"wss://x/cdp?jwt={JWT}",
+        }
+        await self.send(
+            "POST",
+            "/browsers",
+            http.Response.make(200, json.dumps(obj), {"Content-Type": "application/json"}),
+        )
+
+
+def wired(**options: Any) -> Iterator[Wired]:
+    """The entry script loaded as `-s` loads it, with these options, its addons running."""
+    module = load_script(str(ROOT / "addon" / "browser_routing.py"))
+    assert module is not None
+    with taddons.context(*module.addons) as tctx:
+        tctx.options.update(
+            browserrouting_control_plane=f"https://{CP_HOST}",
+            browserrouting_vm_hosts="*.vm.test",
+            browserrouting_subresources="telemetry,fs",
+            **options,
+        )
+        for a in module.addons:
+            if hasattr(a, "running"):
+                a.running()
+        yield Wired(tctx, module.addons)
+
+
+def decision(flow: http.HTTPFlow) -> tuple[str, str | None]:
+    """A flow's (decision, reason)."""
+    rec = record(flow)
+    return rec["decision"], rec["reason"]
