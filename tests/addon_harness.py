@@ -198,6 +198,14 @@ class Reissues:
         default_factory=lambda: cp_answer
     )
 
+    def fail_with(self, message: str) -> None:
+        """Every re-issue from now on ends in this error, with no answer from the CP."""
+
+        async def error(copy: http.HTTPFlow) -> Error:
+            return Error(message)
+
+        self.answer = error
+
     async def run(self, copy: http.HTTPFlow) -> None:
         """What ReplayHandler.replay does, minus the network: the copy is live and passes
         through every addon's hooks; the answer is set on it."""
@@ -258,6 +266,14 @@ class Harness:
 
     async def respond(self, flow: http.HTTPFlow, response: http.Response) -> http.HTTPFlow:
         await deliver(self.addons, flow, response, self.streamed)
+        return flow
+
+    async def respond_untouched(self, flow: http.HTTPFlow, response: http.Response) -> http.HTTPFlow:
+        """Answers `flow` with `response`: the client must get it byte for byte, with no re-issue."""
+        expected = view(response)
+        await self.respond(flow, response)
+        assert self.reissues.copies == []
+        assert self.client_view(flow) == expected
         return flow
 
     async def fail(self, flow: http.HTTPFlow, msg: str) -> http.HTTPFlow:

@@ -63,6 +63,15 @@ def new_browser(proxy: Mitmdump, sim: Simulator, name: str | None = None) -> str
     return sid
 
 
+def gone_browser(proxy: Mitmdump, sim: Simulator) -> str:
+    """A browser created through the proxy (its route learned), then killed on the VM: the VM now
+    answers 404 browser_gone. The simulator's counts start again at zero."""
+    sid = new_browser(proxy, sim)
+    sim.kill_on_vm(sid)
+    sim.reset()
+    return sid
+
+
 def url(sim: Simulator, key: str, tail: str) -> str:
     return f"{sim.cp_url}/browsers/{key}/{tail}"
 

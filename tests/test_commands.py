@@ -219,7 +219,7 @@ def test_the_journal_replays_onto_the_snapshot_and_skips_a_torn_line() -> None:
     assert (routes, unusable) == ([b, c], 1)
 
 
-def test_routes_file_round_trip_and_bad_entries() -> None:
+def test_routes_file_round_trips_and_counts_bad_entries() -> None:
     routes = [Route("s1", VM_BASE, JWT, "n"), Route("s2", VM_BASE, JWT)]
     assert load_routes(dump_routes(routes)) == (routes, 0)
     text = json.dumps({"routes": [asdict(routes[0]), {"session_id": 3}, "x"]})

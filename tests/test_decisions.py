@@ -30,9 +30,7 @@ from addon_harness import (
     secret_texts,
     wired,
 )
-from mitmproxy import http
 from mitmproxy import io as mitmio
-from mitmproxy.flow import Error
 from mitmproxy.utils.emoji import emoji
 
 from addon.decisions import MARKERS, JsonLinesLog, comment, redact_url, summary
@@ -237,10 +235,7 @@ async def test_no_api_key_or_jwt_in_clear_in_records_comments_or_logs(
     gone = await routed(h)
     await h.respond(gone, gone_response())
 
-    async def fail(copy: http.HTTPFlow) -> Error:
-        return Error("refused")
-
-    h.reissues.answer = fail
+    h.reissues.fail_with("refused")
     await h.learn(browser())
     bad = await routed(h)
     await h.respond(bad, gone_response())

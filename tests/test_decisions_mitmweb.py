@@ -14,11 +14,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import proxy_options
 from mitmdump_runner import ROOT, Mitmdump
-from proxy_clients import AUTH
+from proxy_clients import client
 from simulator import Simulator
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,9 +38,9 @@ def mitmweb(sim: Simulator) -> Iterator[Mitmdump]:
         yield web
 
 
-def drive_four_decisions(sim: Simulator, proxy_url: str) -> dict[str, str]:
+def drive_four_decisions(sim: Simulator, proxy: Mitmdump) -> dict[str, str]:
     """One flow of each decision: passthrough, routed, fallback (and its re-issue), no_fallback."""
-    with httpx.Client(proxy=proxy_url, headers=AUTH, timeout=10) as c:
+    with client(proxy) as c:
         sid = c.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]
         assert c.get(f"{sim.cp_url}/browsers/{sid}/fs/read_file", params={"path": "/etc/hostname"}).is_success
         sim.kill_on_vm(sid)
@@ -56,7 +55,7 @@ def test_decisions_are_visible_in_mitmweb(sim: Simulator, mitmweb: Mitmdump) -> 
     from playwright.sync_api import expect, sync_playwright
 
     assert "comment" in WEB_COLUMNS, "the README's mitmweb command shows the Comment column"
-    sid = drive_four_decisions(sim, mitmweb.url)["session_id"]
+    sid = drive_four_decisions(sim, mitmweb)["session_id"]
     fallback = mitmweb.records("fallback", sid)[-1]
     ARTIFACTS.mkdir(exist_ok=True)
 

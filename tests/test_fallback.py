@@ -37,14 +37,11 @@ from addon.paths import is_fallback_eligible
 async def test_a_vm_success_stays_routed_and_streams_to_the_client(h: Harness) -> None:
     flow = await routed(h)
     vm = json_response(200, {"events": [], "source": "vm"})
-    expected = view(vm)
-    await h.respond(flow, vm)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, vm)
     rec = record(flow)
     assert (rec["decision"], rec["reason"], rec["vm_status"]) == ("routed", None, 200)
     assert flow.response is vm
     assert flow.response.stream is True
-    assert h.client_view(flow) == expected
     assert h.router.originals == {}
     assert flow.marked == ":rocket:"
 
@@ -53,26 +50,20 @@ async def test_a_vm_success_stays_routed_and_streams_to_the_client(h: Harness) -
 async def test_a_vm_5xx_streams_to_the_client_without_reissue(h: Harness, status: int) -> None:
     flow = await routed(h)
     vm = json_response(status, GONE, headers={"Retry-After": "1"})
-    expected = view(vm)
-    await h.respond(flow, vm)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, vm)
     assert (record(flow)["decision"], record(flow)["reason"]) == ("no_fallback", "status")
     assert record(flow)["vm_status"] == status
     assert flow.response is vm
     assert flow.response.stream is True  # streamed through, not held back
-    assert h.client_view(flow) == expected
     assert h.router.cache.get(SID) is not None
 
 
 async def test_a_vm_403_is_no_fallback_status(h: Harness) -> None:
     flow = await routed(h)
     vm = json_response(403, GONE)
-    expected = view(vm)
-    await h.respond(flow, vm)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, vm)
     assert (record(flow)["decision"], record(flow)["reason"]) == ("no_fallback", "status")
     assert record(flow)["vm_status"] == 403
-    assert h.client_view(flow) == expected
 
 
 @pytest.mark.parametrize(
@@ -89,24 +80,18 @@ async def test_a_vm_403_is_no_fallback_status(h: Harness) -> None:
 async def test_a_vm_404_that_is_not_browser_gone_reaches_the_client(h: Harness, body: bytes) -> None:
     flow = await routed(h)
     vm = http.Response.make(404, body, {"Content-Type": "application/json"})
-    expected = view(vm)
-    await h.respond(flow, vm)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, vm)
     assert (record(flow)["decision"], record(flow)["reason"]) == ("no_fallback", "not_browser_gone")
     assert flow.response is vm
     assert flow.response.stream is False  # a 404 is buffered to be read
-    assert h.client_view(flow) == expected
     assert h.router.cache.get(SID) is not None
 
 
 async def test_undecodable_404_is_not_browser_gone_and_untouched(h: Harness) -> None:
     flow = await routed(h)
     vm = http.Response.make(404, b"not gzip at all", {"Content-Encoding": "gzip"})
-    expected = view(vm)
-    await h.respond(flow, vm)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, vm)
     assert record(flow)["reason"] == "not_browser_gone"
-    assert h.client_view(flow) == expected
 
 
 async def test_a_vm_connection_error_is_no_fallback_vm_error(h: Harness) -> None:
@@ -136,14 +121,11 @@ async def test_a_vm_error_on_a_post_is_no_fallback_vm_error(h: Harness) -> None:
 async def test_browser_gone_on_a_path_off_the_fallback_list_reaches_the_client(h: Harness) -> None:
     flow = await routed(h, f"/browsers/{SID}/telemetry/stream")
     vm = gone_response()
-    expected = view(vm)
-    await h.respond(flow, vm)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, vm)
     assert record(flow)["decision"] == "no_fallback"
     assert record(flow)["reason"] == "not_eligible"
     assert record(flow)["vm_status"] == 404
     assert flow.response is vm
-    assert h.client_view(flow) == expected
     assert h.router.cache.get(SID) is not None  # only a fallback evicts
     assert flow.marked == ":x:"
 
@@ -155,11 +137,8 @@ async def test_browser_gone_on_a_path_off_the_fallback_list_reaches_the_client(h
 async def test_only_the_exact_fallback_path_falls_back(h: Harness, tail: str) -> None:
     flow = await routed(h, f"/browsers/{SID}/{tail}")
     vm = gone_response()
-    expected = view(vm)
-    await h.respond(flow, vm)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, vm)
     assert (record(flow)["decision"], record(flow)["reason"]) == ("no_fallback", "not_eligible")
-    assert h.client_view(flow) == expected
 
 
 async def test_a_post_answered_browser_gone_is_not_reissued(h: Harness) -> None:
@@ -168,11 +147,8 @@ async def test_a_post_answered_browser_gone_is_not_reissued(h: Harness) -> None:
     assert flow.request.method == "POST"
     assert flow.request.raw_content == body
     vm = gone_response()
-    expected = view(vm)
-    await h.respond(flow, vm)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, vm)
     assert (record(flow)["decision"], record(flow)["reason"]) == ("no_fallback", "not_get")
-    assert h.client_view(flow) == expected
     assert h.router.originals == {}
     assert h.router.cache.get(SID) is not None
 
@@ -194,14 +170,11 @@ async def test_a_passthrough_is_never_reissued_even_on_browser_gone(
     assert flow.request.headers["Authorization"] == f"Bearer {API_KEY}"
     assert (record(flow)["decision"], record(flow)["reason"]) == ("passthrough", reason)
     cp = json_response(404, GONE)  # even the CP saying browser_gone changes nothing
-    expected = view(cp)
-    await h.respond(flow, cp)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, cp)
     assert record(flow)["decision"] == "passthrough"
     assert record(flow)["cp_status"] == 404
     assert flow.response is cp
     assert flow.response.stream is False
-    assert h.client_view(flow) == expected
 
 
 # --------------------------------------------------------------------------- browser_gone that falls back

@@ -13,17 +13,14 @@ import httpx
 import pytest
 from conftest import proxy_options
 from mitmdump_runner import Mitmdump, free_port
-from proxy_clients import API_KEY, AUTH, client, create_browser, events_url, requests_to
+from proxy_clients import API_KEY, AUTH, client, create_browser, events_url, gone_browser, requests_to
 from simulator import Simulator
 
 
 def test_httpx_gets_the_cps_answer_after_one_reissue_when_the_browser_is_gone(
     fresh_sim: Simulator, proxy: Mitmdump
 ) -> None:
-    browser = create_browser(proxy, fresh_sim)
-    sid = browser["session_id"]
-    fresh_sim.kill_on_vm(sid)
-    fresh_sim.reset()
+    sid = gone_browser(proxy, fresh_sim)
 
     with client(proxy) as c:
         got = c.get(events_url(fresh_sim, sid))
@@ -57,9 +54,7 @@ def test_httpx_gets_the_cps_answer_after_one_reissue_when_the_browser_is_gone(
 def test_curl_gets_the_cps_answer_after_one_reissue_when_the_browser_is_gone(
     fresh_sim: Simulator, proxy: Mitmdump
 ) -> None:
-    sid = create_browser(proxy, fresh_sim)["session_id"]
-    fresh_sim.kill_on_vm(sid)
-    fresh_sim.reset()
+    sid = gone_browser(proxy, fresh_sim)
     out = subprocess.run(
         [
             "curl",
@@ -116,9 +111,7 @@ def test_connection_error_is_not_reissued(fresh_sim: Simulator, proxy: Mitmdump)
 def test_a_gzip_encoded_browser_gone_from_the_vm_still_falls_back(
     fresh_sim: Simulator, proxy: Mitmdump
 ) -> None:
-    sid = create_browser(proxy, fresh_sim)["session_id"]
-    fresh_sim.kill_on_vm(sid)
-    fresh_sim.reset()
+    sid = gone_browser(proxy, fresh_sim)
     fresh_sim.set_gzip_gone(True)
     with client(proxy) as c:
         got = c.get(events_url(fresh_sim, sid))
@@ -167,9 +160,7 @@ def test_reissue_that_cannot_connect_gets_a_502_that_says_why(sim: Simulator) ->
 
 
 def test_concurrent_fallbacks_do_not_queue(fresh_sim: Simulator, proxy: Mitmdump) -> None:
-    sid = create_browser(proxy, fresh_sim)["session_id"]
-    fresh_sim.kill_on_vm(sid)
-    fresh_sim.reset()
+    sid = gone_browser(proxy, fresh_sim)
     # The VM is slow enough that all 20 are routed before the first browser_gone evicts the
     # route; the CP is slow enough that overlapping re-issues are visible at the server.
     fresh_sim.set_latency(cp=0.5, vm=0.3)

@@ -161,10 +161,7 @@ async def test_reissue_flow_is_not_routed_again(h: Harness) -> None:
 
 
 async def test_reissue_connect_error_gives_502_fallback_failed(h: Harness) -> None:
-    async def answer(copy: http.HTTPFlow) -> Error:
-        return Error("Server connection to ('api.example.test', 443) failed: Name or service not known")
-
-    h.reissues.answer = answer
+    h.reissues.fail_with("Server connection to ('api.example.test', 443) failed: Name or service not known")
     flow = await routed(h)
     await h.respond(flow, gone_response())
     assert len(h.reissues.copies) == 1
@@ -186,10 +183,7 @@ async def test_reissue_connect_error_gives_502_fallback_failed(h: Harness) -> No
 
 
 async def test_reissue_without_answer_gives_502(h: Harness) -> None:
-    async def answer(copy: http.HTTPFlow) -> Error:
-        return Error("killed")
-
-    h.reissues.answer = answer
+    h.reissues.fail_with("killed")
     flow = await routed(h)
     await h.respond(flow, gone_response())
     assert flow.response is not None
@@ -241,7 +235,7 @@ def test_reissue_options_pass_everything_but_streaming() -> None:
     assert options.mode == real.mode and options.body_size_limit == "9m"
 
 
-async def test_fallbacks_run_concurrently(h: Harness) -> None:
+async def test_a_slow_reissue_does_not_hold_up_another(h: Harness) -> None:
     gate = asyncio.Event()
 
     async def answer(copy: http.HTTPFlow) -> http.Response:

@@ -33,7 +33,6 @@ from addon_harness import (
     gone_response,
     record,
     routed,
-    view,
 )
 from conftest import proxy_options
 from mitmdump_runner import ENTRY, Mitmdump
@@ -224,11 +223,8 @@ async def test_a_routed_flow_read_offline_is_never_reissued(h: Harness) -> None:
     flow = await routed(h)
     flow.live = False
     vm = gone_response()
-    expected = view(vm)
-    await h.respond(flow, vm)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, vm)
     assert record(flow)["decision"] == "routed"
-    assert h.client_view(flow) == expected
     assert h.router.cache.get(SID) is not None
 
 

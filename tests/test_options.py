@@ -72,7 +72,7 @@ def env_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str | None
         ),
     ],
 )
-async def test_subresources_default_from_env(
+async def test_the_allowlist_defaults_to_the_env_var(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     env: str | None,
@@ -178,7 +178,7 @@ async def test_log_path_expands_home(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert '"route_cached"' in (tmp_path / "decisions.jsonl").read_text()
 
 
-async def test_log_option_switches_file_live(h: Harness, tmp_path: Path) -> None:
+async def test_the_log_option_switches_the_file_live(h: Harness, tmp_path: Path) -> None:
     await h.learn(browser())
     second = tmp_path / "second.jsonl"
     h.configure(browserrouting_log=str(second))

@@ -76,7 +76,7 @@ async def test_routing_rewrites_request_in_place(h: Harness) -> None:
     assert flow.comment.splitlines()[0] == f"routed to VM {VM_HOST}:{VM_PORT} (200) [{SID}]"
 
 
-async def test_routing_http2_authority_follows(h: Harness) -> None:
+async def test_routing_an_http2_request_points_its_authority_at_the_vm(h: Harness) -> None:
     await h.learn(browser())
     flow = await h.request(cp_flow("GET", f"/browsers/{SID}/fs/x", http2=True))
     assert flow.request.authority == f"{VM_HOST}:{VM_PORT}"
@@ -145,7 +145,7 @@ async def test_routing_keeps_query_params_in_order(h: Harness) -> None:
     assert flow.request.path == f"/browser/kernel/fs/x?b=2&a=1&b=3&flag&empty=&sp=a+b&jwt={JWT}"
 
 
-async def test_routing_by_name_and_percent_encoded_id(h: Harness) -> None:
+async def test_routing_finds_the_route_by_name_or_percent_encoded_id(h: Harness) -> None:
     await h.learn(browser(name="my browser"))
     by_name = await h.request(cp_flow("GET", "/browsers/my%20browser/fs/x"))
     assert by_name.request.url == f"{VM_BASE}/fs/x?jwt={JWT}"
@@ -225,7 +225,7 @@ async def test_each_passthrough_reason_leaves_the_request_untouched(
     assert h.log()[-1]["reason"] == reason
 
 
-async def test_non_cp_request_is_not_looked_at(h: Harness) -> None:
+async def test_a_request_to_another_host_is_not_looked_at(h: Harness) -> None:
     await h.learn(browser())
     flow = cp_flow("GET", f"/browsers/{SID}/fs/x", host="example.org")
     before = flow.request.copy()

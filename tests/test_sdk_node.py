@@ -6,12 +6,11 @@ simulator's records show where each request arrived and with which credentials.
 
 from __future__ import annotations
 
-import time
 from urllib.parse import parse_qs
 
 import pytest
 from mitmdump_runner import Mitmdump
-from proxy_clients import NODE, NODE_DIR, node_sdk
+from proxy_clients import NODE, NODE_DIR, node_sdk, wait_until
 from simulator import Simulator
 
 API_KEY = "sk-node-sdk-test"
@@ -33,9 +32,7 @@ def test_node_sdk_routes_the_stream_to_the_vm_through_the_proxy() -> None:
         out = node_sdk(proxy, sim, [{"op": "create"}, {"op": "stream", "max_events": 2}], api_key=API_KEY)
         stats = sim.stats()
         cp_port, vm_port, jwts = sim.cp_port, sim.vm_port, {b: sim.jwt_for(b) for b in sim.browsers}
-        deadline = time.monotonic() + 5
-        while "telemetry/stream" not in "".join(proxy.output) and time.monotonic() < deadline:
-            time.sleep(0.05)  # mitmdump prints a flow when it ends
+        wait_until(lambda: "telemetry/stream" in "".join(proxy.output), timeout=5)  # printed as it ends
         proxied = "".join(proxy.output)
 
     assert out["sdk_version"] == "0.84.0"

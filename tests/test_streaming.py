@@ -93,7 +93,7 @@ async def test_the_reissues_answer_is_buffered_whole(h: Harness) -> None:
     assert h.client_view(flow) == view(cp_response())
 
 
-async def test_stream_broken_after_success_stays_routed(h: Harness) -> None:
+async def test_a_stream_broken_after_a_vm_success_stays_routed(h: Harness) -> None:
     flow = await routed(h, f"/browsers/{SID}/telemetry/stream")
     flow.response = http.Response.make(200, b"", {"Content-Type": "text/event-stream"})
     await run_hook(h.addons, "responseheaders", flow)
@@ -134,12 +134,9 @@ async def test_oversize_404_without_length_is_not_browser_gone(h: Harness) -> No
     vm = http.Response.make(404, body, {"Content-Type": "application/json"})
     del vm.headers["Content-Length"]
     vm.headers["Transfer-Encoding"] = "chunked"
-    expected = view(vm)
-    await h.respond(flow, vm)
+    await h.respond_untouched(flow, vm)
     assert flow.response is vm
-    assert h.reissues.copies == []
     assert record(flow)["reason"] == "not_browser_gone"
-    assert h.client_view(flow) == expected
 
 
 async def test_small_gzip_404_decoding_past_the_bound_is_not_browser_gone(h: Harness) -> None:
@@ -147,11 +144,8 @@ async def test_small_gzip_404_decoding_past_the_bound_is_not_browser_gone(h: Har
     vm = http.Response.make(404, _padded_gone(4 * MAX_GONE_BODY), {"Content-Type": "application/json"})
     vm.encode("gzip")
     assert len(vm.raw_content or b"") < MAX_GONE_BODY
-    expected = view(vm)
-    await h.respond(flow, vm)
-    assert h.reissues.copies == []
+    await h.respond_untouched(flow, vm)
     assert record(flow)["reason"] == "not_browser_gone"
-    assert h.client_view(flow) == expected
 
 
 async def test_404_at_the_bound_is_still_read(h: Harness) -> None:
