@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,12 +85,22 @@ class Parts:
             self.audit.on_responseheaders(flow)
             self.recorder.on_responseheaders(flow)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        if METADATA_KEY in flow.metadata:
-            await self.router.on_response(flow)
-            await self.fallback.on_response(flow)
-            self.audit.on_response(flow)
-            self.recorder.on_response(flow)
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if METADATA_KEY not in flow.metadata:
+            return None
+        # At most one part has work to wait for: the router learning a large page (a CP answer)
+        # or the fallback re-issuing to the CP (a routed answer). Only then is the hook async.
+        pending = self.router.on_response(flow) or self.fallback.on_response(flow)
+        if pending is not None:
+            return self.after(pending, flow)
+        self.audit.on_response(flow)
+        self.recorder.on_response(flow)
+        return None
+
+    async def after(self, pending: Awaitable[None], flow: http.HTTPFlow) -> None:
+        await pending
+        self.audit.on_response(flow)
+        self.recorder.on_response(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         if METADATA_KEY in flow.metadata:

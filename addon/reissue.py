@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -106,29 +107,30 @@ class ControlPlaneFallback:
         original = self.router.originals.get(flow.id)  # kept for routed GETs only
         return original is not None and paths.is_fallback_eligible(original.tail, self.eligible)
 
-    async def on_response(self, flow: http.HTTPFlow) -> None:
+    def on_response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Decide a routed answer; the awaitable of the CP re-issue when it falls back."""
         record = record_of(flow)
         if record is None or flow.response is None or not flow.live:
-            return  # offline reads (mitmdump -nr) keep the decision they were recorded with
+            return None  # offline reads (mitmdump -nr) keep the decision they were recorded with
         if record["decision"] == "reissue":
             self.recorder.decide(flow, "reissue", cp_status=flow.response.status_code)
-            return
+            return None
         if record["decision"] != "routed":
-            return
+            return None
         eligible = self.eligible_get(flow)
         original = self.router.originals.pop(flow.id, None)
         status = flow.response.status_code
         if status < 400:
             self.recorder.decide(flow, "routed", vm_status=status)
-            return
+            return None
         body = read_404_body(flow.response) if status == 404 else None
         reason = no_fallback_reason(flow.request.method, eligible, status, body)
         if reason is not None:
             self.recorder.decide(flow, "no_fallback", reason, vm_status=status)
-            return
+            return None
         assert original is not None  # eligible implies it
         self.router.evict(record["session_id"], "browser_gone", flow)
-        await self.reissue(flow, original, vm_status=status)
+        return self.reissue(flow, original, vm_status=status)
 
     async def reissue(self, flow: http.HTTPFlow, original: ClientRequest, **fields: Any) -> None:
         """Send the client's own request to the CP as a flow of its own; answer with its response."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -274,18 +275,20 @@ class BrowserRouting:
         if media_type(flow.response.headers) == "text/event-stream":  # a stream the CP serves stays live
             flow.response.stream = True
 
-    async def on_response(self, flow: http.HTTPFlow) -> None:
+    def on_response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Record the CP's status and learn from it; an awaitable when a large page is still
+        being learned (see `learn`)."""
         record = record_of(flow)
         if record is None or record["decision"] not in CP_DECISIONS or not flow.response or not flow.live:
-            return  # offline reads (mitmdump -nr) keep their recorded decisions and teach nothing
+            return None  # offline reads (mitmdump -nr) keep their recorded decisions and teach nothing
         if record["decision"] == "passthrough":
             self.recorder.decide(flow, "passthrough", record["reason"], cp_status=flow.response.status_code)
-        if 200 <= flow.response.status_code < 300:
-            await self.learn(flow)
+        return self.learn(flow) if 200 <= flow.response.status_code < 300 else None
 
-    async def learn(self, flow: http.HTTPFlow) -> None:
-        """Fill or evict the cache from a successful control-plane response. A page of many
-        browsers is learned in slices, so that other flows go on meanwhile."""
+    def learn(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Fill or evict the cache from a successful control-plane response. A page of more than
+        LEARN_SLICE browsers is learned in slices (the awaitable returned), so that other
+        flows go on meanwhile."""
         assert flow.response
         method, path = flow.request.method, paths.split_path(flow.request.path)[0]
         if (key := paths.deleted_browser_key(method, path)) is not None:
@@ -299,13 +302,29 @@ class BrowserRouting:
             doc = json_body(flow.response, MAX_BROWSERS_BODY)
             if doc is None:
                 logger.debug(f"no routes learned from {flow.id}: the body is not JSON")
-            cached = 0
-            for n, route in enumerate(iter_routes(doc), 1):
-                cached += self.add(route, source, flow) is None
-                if n % LEARN_SLICE == 0:
-                    await asyncio.sleep(0)
-            if cached:
-                logger.info(f"{cached} route(s) learned from {source} ({flow.id})")
+            routes, known = iter_routes(doc), len(self.cache)
+            if self.add_slice(routes, source, flow):
+                return self.learn_rest(routes, source, flow, known)
+            self.log_learned(known, source, flow)
+        return None
+
+    def add_slice(self, routes: Iterator[Route], source: str, flow: http.HTTPFlow) -> bool:
+        """Add up to LEARN_SLICE routes; True when there may be more."""
+        added = 0
+        for route in itertools.islice(routes, LEARN_SLICE):
+            self.add(route, source, flow)
+            added += 1
+        return added == LEARN_SLICE
+
+    async def learn_rest(self, routes: Iterator[Route], source: str, flow: http.HTTPFlow, known: int) -> None:
+        while self.add_slice(routes, source, flow):
+            await asyncio.sleep(0)
+        self.log_learned(known, source, flow)
+
+    def log_learned(self, known: int, source: str, flow: http.HTTPFlow) -> None:
+        # One line per page, and only for new routes: each log line costs every addon a hook call.
+        if (new := len(self.cache) - known) > 0:
+            logger.info(f"{new} new route(s) learned from {source} ({flow.id})")
 
     def add(self, route: Route, reason: str, flow: http.HTTPFlow | None = None) -> str | None:
         """Cache a route unless its base_url is refused; returns the refusal reason."""
