@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from mitmproxy import command, ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http
 
 from . import paths
 from .audit import Audit, VmExchange
@@ -181,9 +181,8 @@ class RoutingAudit:
             record["violations"] = [*record.get("violations", []), "missing_fallback"]
             self.recorder.refresh(flow, redraw)
 
-    @command.command("browserrouting.audit")
     def table(self) -> str:
-        """Audit mode: each rule with how many exchanges it checked and the flows that broke it, as JSON."""
+        """Each rule with how many exchanges it checked and the flows that broke it, as JSON."""
         return json.dumps(self.audit.table())
 
     def done(self) -> None:

@@ -32,7 +32,7 @@ class Parts:
         self.routes_file = RoutesFile(self.router)
         self.fallback = ControlPlaneFallback(self.router, self.recorder)
         self.audit = RoutingAudit(self.router, self.fallback, self.injector, self.recorder)
-        self.commands = RouteCommands(self.router, self.recorder)
+        self.commands = RouteCommands(self.router, self.recorder, self.injector, self.audit)
 
     @classmethod
     def for_script(cls) -> Parts:
@@ -53,18 +53,42 @@ class Parts:
         self.audit.waiting = old.audit.waiting
 
     def done(self) -> None:
+        for part in self.parts:
+            if hasattr(part, "done"):
+                part.done()
         if not ctx.master.should_exit.is_set():  # removed while mitmproxy runs on: a reload
             _reloading[:] = [self]
 
     @property
     def chain(self) -> list[Any]:
-        """The script's addons: the parts, for their options, commands and lifecycle (the
-        routes file loads after the router knows which VM hosts are allowed; the audit reads
-        the parsed allowlist and registry), then this object, which alone takes the flow hooks."""
-        return [
-            self.router, self.routes_file, self.fallback, self.audit,
-            self.injector, self.commands, self.recorder, self,
-        ]  # fmt: skip
+        """The script's addons: this object alone. mitmproxy walks an addon's `addons` for every
+        event it dispatches, so the parts are not addons of their own: this object hands them
+        their options, lifecycle and flow hooks, and only the commands are walked (mitmproxy
+        finds commands that way)."""
+        return [self]
+
+    @property
+    def addons(self) -> list[Any]:
+        return [self.commands]
+
+    @property
+    def parts(self) -> tuple[Any, ...]:
+        """In the order their options are declared and configured (the routes file loads after
+        the router knows which VM hosts are allowed; the audit reads the parsed allowlist and
+        registry) and their lifecycle runs (the recorder closes its log last)."""
+        return (self.router, self.routes_file, self.fallback, self.audit, self.injector, self.recorder)
+
+    def load(self, loader: Any) -> None:
+        for part in self.parts:
+            part.load(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        for part in self.parts:
+            part.configure(updated)
+
+    def running(self) -> None:
+        self.router.running()
+        self.routes_file.running()
 
     # The flow hooks, one call each for every part: mitmproxy charges for every addon that has
     # a hook. The order is the rule: the router decides before the fallback, the audit and the

@@ -1,4 +1,5 @@
-"""Commands to see and steer the route cache, from mitmproxy's command bar and from scripts."""
+"""Every command of the addon (route cache, fault injection, audit, report), from mitmproxy's
+command bar, mitmweb's command API and scripts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 from mitmproxy import command, ctx, exceptions, types
 
 from . import report as qa_report
+from .auditor import RoutingAudit
+from .injector import FaultInjection
 from .recorder import DecisionRecorder
 from .router import BrowserRouting
 from .routes import Route, redact
@@ -16,9 +19,17 @@ logger = logging.getLogger(__name__)
 
 
 class RouteCommands:
-    def __init__(self, router: BrowserRouting, recorder: DecisionRecorder) -> None:
+    def __init__(
+        self,
+        router: BrowserRouting,
+        recorder: DecisionRecorder,
+        injector: FaultInjection,
+        audit: RoutingAudit,
+    ) -> None:
         self.router = router
         self.recorder = recorder
+        self.injector = injector
+        self.audit = audit
 
     @command.command("browserrouting.routes")
     def routes(self) -> str:
@@ -62,6 +73,29 @@ class RouteCommands:
                 "routes": len(self.router.cache),
             }
         )
+
+    @command.command("browserrouting.inject")
+    def inject(self, rule: str) -> None:
+        """Append a fault-injection rule SESSION[/PREFIX]=KIND[:COUNT]."""
+        try:
+            self.injector.add_rule(rule)
+        except ValueError as e:
+            raise exceptions.CommandError(f"browserrouting.inject: {e}") from None
+
+    @command.command("browserrouting.inject.clear")
+    def inject_clear(self) -> None:
+        """Remove every fault-injection rule."""
+        self.injector.rules = []
+
+    @command.command("browserrouting.inject.list")
+    def inject_list(self) -> str:
+        """The fault-injection rules, with what is left of their counts, as JSON."""
+        return self.injector.rules_json()
+
+    @command.command("browserrouting.audit")
+    def audit_table(self) -> str:
+        """Audit mode: each rule with how many exchanges it checked and the flows that broke it, as JSON."""
+        return self.audit.table()
 
     @command.command("browserrouting.report")
     def report(self, path: types.Path) -> str:

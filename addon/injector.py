@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from mitmproxy import command, ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http
 
 from . import inject
 from .recorder import record_of
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class FaultInjection:
-    """Owns `browserrouting_inject` and its commands. The router (route mode) or the audit
+    """Owns `browserrouting_inject` and the rule list. The router (route mode) or the audit
     (audit mode) calls `apply` for each request bound to a VM for a known session."""
 
     def __init__(self) -> None:
@@ -67,21 +67,10 @@ class FaultInjection:
         status, body = inject.answer(kind)
         flow.response = http.Response.make(status, body, {"Content-Type": "application/json"})
 
-    @command.command("browserrouting.inject")
     def add_rule(self, rule: str) -> None:
-        """Append a fault-injection rule SESSION[/PREFIX]=KIND[:COUNT]."""
-        try:
-            self.rules.append(inject.parse_rule(rule))
-        except ValueError as e:
-            raise exceptions.CommandError(f"browserrouting.inject: {e}") from None
+        """Append a rule; ValueError names it when it is bad (the rules stay as they were)."""
+        self.rules.append(inject.parse_rule(rule))
         logger.info(f"injection rule added: {self.rules[-1]}")
 
-    @command.command("browserrouting.inject.clear")
-    def clear_rules(self) -> None:
-        """Remove every fault-injection rule."""
-        self.rules = []
-
-    @command.command("browserrouting.inject.list")
-    def list_rules(self) -> str:
-        """The fault-injection rules, with what is left of their counts, as JSON."""
+    def rules_json(self) -> str:
         return json.dumps([rule.as_json() for rule in self.rules], ensure_ascii=False)

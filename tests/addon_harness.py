@@ -375,7 +375,10 @@ class Wired:
 
     def __init__(self, tctx: taddons.context, addons: list[Any]) -> None:
         self.tctx = tctx
-        self.router, self.routes_file, self.fallback, _, _, self.commands, self.recorder, self.parts = addons
+        (self.parts,) = addons
+        parts = self.parts
+        self.router, self.routes_file, self.fallback = parts.router, parts.routes_file, parts.fallback
+        self.commands, self.recorder = parts.commands, parts.recorder
 
     async def send(
         self, method: str, path: str, response: http.Response | None = None, replay: bool = False

@@ -42,7 +42,10 @@ from addon.routes import Route, dump_routes, journal_line, load_routes, replay_j
 def test_entry_script_wires_the_addons_in_hook_order() -> None:
     module = load_script(str(ROOT / "addon" / "browser_routing.py"))
     assert module is not None
-    router, routes_file, fallback, audit, injector, commands, recorder, parts = module.addons
+    (parts,) = module.addons  # one addon: mitmproxy walks every addon for every event
+    assert parts.addons == [parts.commands]  # only the commands are walked (that is how they are found)
+    router, routes_file, fallback, audit, injector, recorder = parts.parts
+    commands = parts.commands
     assert isinstance(router, BrowserRouting)
     assert isinstance(routes_file, RoutesFile)
     assert isinstance(fallback, ControlPlaneFallback)
@@ -56,6 +59,7 @@ def test_entry_script_wires_the_addons_in_hook_order() -> None:
     assert fallback.recorder is recorder and commands.recorder is recorder and audit.recorder is recorder
     assert audit.injector is injector
     assert isinstance(parts, chain.Parts) and parts.router is router
+    assert commands.injector is injector and commands.audit is audit
 
 
 # --------------------------------------------------------------------------- commands

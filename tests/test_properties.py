@@ -239,8 +239,8 @@ def test_a_redacted_url_holds_no_jwt_in_clear(pieces: list[str], jwt: str, at: i
     redacted = redact_url(url)
     for name, piece in paths.query_params(urlsplit(redacted).query):
         if name == "jwt":
-            value = unquote_plus(piece.partition("=")[2])
-            assert jwt not in value and quote(jwt, safe="") not in piece
+            value = piece.partition("=")[2]
+            assert jwt not in unquote_plus(value) and quote(jwt, safe="") not in value
     if len(jwt) >= 8 and not any(jwt in unquote_plus(p) for p in [base, *pieces]):
         assert jwt not in unquote_plus(redacted) and quote(jwt, safe="") not in redacted
 
