@@ -16,10 +16,11 @@ from mitmproxy import ctx, exceptions, http
 
 from . import paths
 from .audit import Audit, VmExchange
+from .bodies import is_gone, may_be_gone
 from .injector import FaultInjection
 from .paths import jwt_of
 from .recorder import DecisionRecorder, record_of
-from .reissue import ControlPlaneFallback, is_gone, may_be_gone
+from .reissue import ControlPlaneFallback
 from .router import BrowserRouting
 from .routes import Route
 
@@ -126,17 +127,12 @@ class RoutingAudit:
     # -- answers -------------------------------------------------------------
 
     def on_responseheaders(self, flow: http.HTTPFlow) -> None:
-        record = record_of(flow)
-        if record is not None and record["decision"] == "client_routed" and flow.response is not None:
-            flow.response.stream = not may_be_gone(flow.response)  # only a 404 is read (browser_gone?)
-
-    def on_response(self, flow: http.HTTPFlow) -> None:
-        self.answered(flow)
-
-    def on_error(self, flow: http.HTTPFlow) -> None:
-        self.answered(flow)  # no answer, or one whose stream broke off
+        """A VM's answer to the client's own request: only a 404 is read (browser_gone?)."""
+        assert flow.response is not None
+        flow.response.stream = not may_be_gone(flow.response)
 
     def answered(self, flow: http.HTTPFlow) -> None:
+        """An audited flow ended: answered, or not (an error, a stream that broke off)."""
         exchange = self.open.pop(flow.id, None)
         record = record_of(flow)
         if record is None or (exchange is None and record["decision"] != "client_cp"):

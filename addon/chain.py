@@ -10,11 +10,14 @@ from mitmproxy import ctx, http
 
 from .auditor import RoutingAudit
 from .commands import RouteCommands
+from .decisions import AUDIT_DECISIONS
 from .injector import FaultInjection
 from .persistence import RoutesFile
 from .recorder import METADATA_KEY, DecisionRecorder
 from .reissue import ControlPlaneFallback
 from .router import BrowserRouting
+
+TO_THE_VM = frozenset({"routed", "reissue"})  # the flows whose answers the fallback judges
 
 # mitmproxy reloads an edited `-s` script by running the entry file again; the modules it
 # imports, this one included, stay loaded. The parts of a script being reloaded wait here
@@ -92,42 +95,58 @@ class Parts:
 
     # The flow hooks, one call each for every part: mitmproxy charges for every addon that has
     # a hook. The order is the rule: the router decides before the fallback, the audit and the
-    # injection act; the recorder logs last. A flow with no record is none of the addon's business.
+    # injection act; the recorder logs last. A flow with no record is none of the addon's
+    # business; one with a record goes to the parts its decision concerns.
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.router.on_requestheaders(flow)
         self.audit.on_requestheaders(flow)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if METADATA_KEY in flow.metadata:
-            self.injector.on_request(flow)
+        if (record := flow.metadata.get(METADATA_KEY)) is not None and "injected" in record:
+            self.injector.on_request(flow, record["injected"])
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if METADATA_KEY in flow.metadata:
-            self.router.on_responseheaders(flow)
-            self.fallback.on_responseheaders(flow)
+        record = flow.metadata.get(METADATA_KEY)
+        if record is None or flow.response is None:
+            return
+        decision = record["decision"]
+        if decision in TO_THE_VM:
+            self.fallback.on_responseheaders(flow, record)
+        elif decision == "client_routed":
             self.audit.on_responseheaders(flow)
-            self.recorder.on_responseheaders(flow)
+        else:  # the CP answers
+            self.router.on_responseheaders(flow)
+        self.recorder.on_responseheaders(flow, record)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        if METADATA_KEY not in flow.metadata:
+        record = flow.metadata.get(METADATA_KEY)
+        if record is None:
             return None
-        # At most one part has work to wait for: the router learning a large page (a CP answer)
-        # or the fallback re-issuing to the CP (a routed answer). Only then is the hook async.
-        pending = self.router.on_response(flow) or self.fallback.on_response(flow)
+        # Only the router learning a large page (a CP answer) or the fallback re-issuing to the
+        # CP (a VM answer) has work to wait for: only then is the hook async.
+        if record["decision"] in TO_THE_VM:
+            pending = self.fallback.on_response(flow, record)
+        else:
+            pending = self.router.on_response(flow, record)
         if pending is not None:
-            return self.after(pending, flow)
-        self.audit.on_response(flow)
-        self.recorder.on_response(flow)
+            return self.after(pending, flow, record)
+        self.finish(flow, record)
         return None
 
-    async def after(self, pending: Awaitable[None], flow: http.HTTPFlow) -> None:
+    async def after(self, pending: Awaitable[None], flow: http.HTTPFlow, record: dict[str, Any]) -> None:
         await pending
-        self.audit.on_response(flow)
-        self.recorder.on_response(flow)
+        self.finish(flow, record)
+
+    def finish(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
+        if record["decision"] in AUDIT_DECISIONS:
+            self.audit.answered(flow)
+        self.recorder.final(flow, record)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if METADATA_KEY in flow.metadata:
-            self.fallback.on_error(flow)
-            self.audit.on_error(flow)
-            self.recorder.on_error(flow)
+        record = flow.metadata.get(METADATA_KEY)
+        if record is None:
+            return
+        if record["decision"] in TO_THE_VM:
+            self.fallback.on_error(flow, record)
+        self.finish(flow, record)

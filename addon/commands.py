@@ -69,7 +69,7 @@ class RouteCommands:
         return json.dumps(
             {
                 "decisions": dict(sorted(self.recorder.decisions.items())),
-                "outbound": dict(sorted(self.recorder.outbound.items())),
+                "outbound": {f"{h}:{p}": n for (h, p), n in sorted(self.recorder.outbound.items())},
                 "routes": len(self.router.cache),
             }
         )

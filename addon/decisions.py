@@ -26,13 +26,6 @@ MARKERS = {
 }
 AUDIT_DECISIONS = frozenset({"client_routed", "client_cp", "client_fallback"})
 
-# Shown in the comment's detail lines in this order; anything else follows.
-_DETAIL_ORDER = (
-    "decision", "reason", "session_id", "method", "url", "vm_url", "vm_status",
-    "cp_status", "reissue_flow", "serves", "violations", "notes", "injected", "flow_id", "error", "cache",
-    "cache_changes",
-)  # fmt: skip
-
 
 def printable(text: str) -> str:
     """`text` as valid UTF-8: a lone surrogate (JSON's "\\ud800") becomes an escape."""
@@ -101,20 +94,17 @@ def summary(record: dict[str, Any]) -> str:
 
 
 def comment(record: dict[str, Any]) -> str:
-    """The summary line, then every field of the record, for mitmweb's Comment tab.
-
-    The tab folds newlines, so each field line starts with a separator of its own."""
-    keys = [k for k in _DETAIL_ORDER if k in record] + sorted(k for k in record if k not in _DETAIL_ORDER)
+    """The summary line, then every field of the record in the order it was learned, for
+    mitmweb's Comment tab. The tab folds newlines, so each field line starts with a separator."""
     lines = [summary(record)]
-    for key in keys:
-        value = record[key]
+    for key, value in record.items():
         if value is None:
             continue
         if key == "cache":
             value = "; ".join(f"{c['decision']} {c.get('session_id')} ({c.get('reason')})" for c in value)
             more = record.get("cache_changes", 0) - len(record["cache"])
             value += f"; and {more} more (see the log)" if more > 0 else ""
-        elif isinstance(value, list):
+        elif type(value) is list:
             value = ", ".join(map(str, value)) or "none"
         lines.append(f"· {key}: {value}")
     return "\n".join(lines)

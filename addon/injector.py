@@ -10,7 +10,6 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from . import inject
-from .recorder import record_of
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +55,9 @@ class FaultInjection:
             flow.request.stream = False  # mitmproxy cannot answer a request it streams upstream
         return kind
 
-    def on_request(self, flow: http.HTTPFlow) -> None:
-        record = record_of(flow)
-        kind = record.get("injected") if record is not None else None
-        if kind is None or kind == "reset" or flow.response is not None or flow.error is not None:
+    def on_request(self, flow: http.HTTPFlow, kind: str) -> None:
+        """Answer a flow `apply` picked, once its body has arrived (`reset` was killed already)."""
+        if kind == "reset" or flow.response is not None or flow.error is not None:
             return
         if flow.request.stream:  # a chunked upload outgrew stream_large_bodies: already on its way
             logger.warning(f"could not inject {kind} into flow {flow.id}: its body was streamed to the VM")

@@ -10,6 +10,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.hooks import UpdateHook
 
+from .bodies import media_type
 from .decisions import JsonLinesLog, comment, marker, printable, redact_url
 from .routes import Route, redact
 
@@ -30,7 +31,7 @@ class DecisionRecorder:
     def __init__(self) -> None:
         self.log = JsonLinesLog()
         self.decisions: Counter[str] = Counter()  # final flow decisions and cache changes
-        self.outbound: Counter[str] = Counter()  # requests sent on, by upstream host:port
+        self.outbound: Counter[tuple[str, int]] = Counter()  # requests sent on, by upstream (host, port)
         self.redraws: set[asyncio.Task[None]] = set()
 
     def load(self, loader: Any) -> None:
@@ -48,16 +49,18 @@ class DecisionRecorder:
                 raise exceptions.OptionsError(f"browserrouting_log: cannot open: {e}") from e
 
     def decide(self, flow: http.HTTPFlow, decision: str, reason: str | None = None, **fields: Any) -> None:
-        """Set or update the flow's decision; fields given as None are left out. The marker
+        """Set or update the flow's decision; fields given as None are left out. A new record's
+        `url` is the URL the client sent: `url` when given, else the request's. The marker
         shows at once; the comment is written when the answer streams and when the flow ends."""
         record = record_of(flow)
         if record is None:
+            url = fields.pop("url", None)
             record = {
                 "decision": decision,
                 "reason": reason,
                 "session_id": None,
                 "method": flow.request.method,
-                "url": redact_url(flow.request.url),
+                "url": redact_url(url if url is not None else flow.request.url),
                 "flow_id": flow.id,
             }
             flow.metadata[METADATA_KEY] = record
@@ -101,29 +104,20 @@ class DecisionRecorder:
             logger.log(level, f"{decision} {change['session_id']} -> {change['base_url']} ({reason})")
         self.log.write(change)
 
-    def on_responseheaders(self, flow: http.HTTPFlow) -> None:
+    def on_responseheaders(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
         # An event stream may stay open for long: show its comment meanwhile.
-        response, record = flow.response, record_of(flow)
-        if response is None or not response.stream or record is None:
-            return
-        if "event-stream" in response.headers.get("content-type", ""):
+        response = flow.response
+        if response is not None and response.stream and media_type(response.headers) == "text/event-stream":
             flow.comment = comment(record)
 
-    def on_response(self, flow: http.HTTPFlow) -> None:
-        self._final(flow)
-
-    def on_error(self, flow: http.HTTPFlow) -> None:
-        self._final(flow)
-
-    def _final(self, flow: http.HTTPFlow) -> None:
-        record = record_of(flow)
-        if record is not None:
-            flow.comment = comment(record)
-            self.decisions[record["decision"]] += 1
-            # Replayed, read back or answered by an injection rule: never sent.
-            if flow.live and flow.is_replay != "response" and not record.get("injected"):
-                self.outbound[f"{flow.request.host}:{flow.request.port}"] += 1
-            self.log.write(record)
+    def final(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
+        """The flow ended (answered, errored, killed): its decision is final, count and log it."""
+        flow.comment = comment(record)
+        self.decisions[record["decision"]] += 1
+        # Replayed, read back or answered by an injection rule: never sent.
+        if flow.live and flow.is_replay != "response" and "injected" not in record:
+            self.outbound[flow.request.data.host, flow.request.data.port] += 1
+        self.log.write(record)
 
     def refresh(self, flow: http.HTTPFlow, redraw: bool = True) -> None:
         """A record changed after its flow ended: log it again and have mitmweb redraw the flow."""

@@ -13,29 +13,12 @@ from mitmproxy.addons.clientplayback import ReplayHandler
 from mitmproxy.options import Options
 
 from . import paths
-from .fallback import MAX_GONE_BODY, decode_bounded, is_browser_gone, no_fallback_reason
-from .recorder import DecisionRecorder, record_of
+from .bodies import may_be_gone, read_404_body
+from .fallback import no_fallback_reason
+from .recorder import DecisionRecorder
 from .router import BrowserRouting, ClientRequest
 
 logger = logging.getLogger(__name__)
-
-
-def read_404_body(response: http.Response) -> bytes | None:
-    """The decoded body of a buffered 404, or None when it was streamed, cannot be decoded,
-    or is too large to be browser_gone."""
-    if response.raw_content is None or len(response.raw_content) > MAX_GONE_BODY:
-        return None
-    return decode_bounded(response.raw_content, response.headers.get("content-encoding", ""))
-
-
-def may_be_gone(response: http.Response) -> bool:
-    """Whether an answer could be browser_gone, so is worth buffering: a 404 within the bound."""
-    declared = response.headers.get("content-length", "")
-    return response.status_code == 404 and not (declared.isdigit() and int(declared) > MAX_GONE_BODY)
-
-
-def is_gone(response: http.Response) -> bool:
-    return response.status_code == 404 and is_browser_gone(read_404_body(response))
 
 
 class ReissueOptions:
@@ -78,10 +61,9 @@ class ControlPlaneFallback:
             except ValueError as e:
                 raise exceptions.OptionsError(f"browserrouting_fallback: {e}") from None
 
-    def on_responseheaders(self, flow: http.HTTPFlow) -> None:
-        record = record_of(flow)
-        if record is None or flow.response is None:
-            return
+    def on_responseheaders(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
+        """A routed answer, or a re-issue's."""
+        assert flow.response is not None
         if record["decision"] == "reissue":
             flow.response.stream = False  # its body is copied to the flow it serves
         elif record["decision"] == "routed":
@@ -107,10 +89,9 @@ class ControlPlaneFallback:
         original = self.router.originals.get(flow.id)  # kept for routed GETs only
         return original is not None and paths.is_fallback_eligible(original.tail, self.eligible)
 
-    def on_response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_response(self, flow: http.HTTPFlow, record: dict[str, Any]) -> Awaitable[None] | None:
         """Decide a routed answer; the awaitable of the CP re-issue when it falls back."""
-        record = record_of(flow)
-        if record is None or flow.response is None or not flow.live:
+        if flow.response is None or not flow.live:
             return None  # offline reads (mitmdump -nr) keep the decision they were recorded with
         if record["decision"] == "reissue":
             self.recorder.decide(flow, "reissue", cp_status=flow.response.status_code)
@@ -157,13 +138,10 @@ class ControlPlaneFallback:
                 f"control-plane fallback for {copy.metadata['browserrouting']['url']} failed: {why}"
             )
 
-    def on_error(self, flow: http.HTTPFlow) -> None:
+    def on_error(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
         # Not guarded by `flow.live`: a killed flow (flow.kill(), an injected reset, mitmweb's
         # kill) is no longer live, and must still be decided and free its state. Offline reads
         # reach here only with their recorded final decision, which this leaves as it was.
-        record = record_of(flow)
-        if record is None:
-            return
         why = flow.error.msg if flow.error else None
         if record["decision"] == "reissue":
             self.recorder.decide(flow, "reissue", error=why)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -17,7 +16,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import url
 
 from . import paths
-from .fallback import MAX_GONE_BODY, decode_bounded
+from .bodies import is_json, json_body, media_type
+from .fallback import MAX_GONE_BODY
 from .injector import FaultInjection
 from .recorder import METADATA_KEY, DecisionRecorder, record_of
 from .routes import Route, RouteCache, iter_routes, refusal_reason, route_refusal
@@ -60,28 +60,6 @@ def rewrite_to_vm(request: http.Request, route: Route, tail: str, query: str) ->
     request.data.scheme, request.data.port = scheme.encode(), port
     request.host = host
     request.path = vm_target(base_path, route, tail, query)
-
-
-def media_type(headers: http.Headers) -> str:
-    return str(headers.get("content-type", "")).split(";")[0].strip().lower()
-
-
-def is_json(headers: http.Headers) -> bool:
-    media = media_type(headers)
-    return media == "application/json" or media.endswith("+json")
-
-
-def json_body(message: http.Message, limit: int) -> object:
-    """The message's JSON body, or None when it is absent, streamed, not in an HTTP content
-    coding, larger than `limit` once decoded, or not JSON. Never alters the message."""
-    raw = message.raw_content
-    if not raw:
-        return None
-    body = decode_bounded(raw, message.headers.get("content-encoding", ""), limit)
-    try:
-        return json.loads(body) if body is not None else None
-    except (ValueError, RecursionError):
-        return None
 
 
 class VmHeaders(http.Headers):
@@ -156,7 +134,7 @@ class BrowserRouting:
         # Told of every route cached or evicted: (change, route, reason, id of the flow that caused it).
         self.listeners: list[Callable[[str, Route, str, str | None], None]] = []
         self.quiet_streams = QuietRoutedStreams()
-        self.origins: tuple[tuple[str, str, int], ...] = ()
+        self.cp_origins: dict[tuple[bytes, str, int], str] = {}
         self.subresources: tuple[str, ...] = ()
         self.vm_hosts: tuple[str, ...] = ()
         self.originals: dict[str, ClientRequest] = {}  # of each routed GET in flight, by flow id
@@ -221,8 +199,26 @@ class BrowserRouting:
     def done(self) -> None:
         logging.getLogger("mitmproxy.proxy.server").removeFilter(self.quiet_streams)
 
+    @property
+    def origins(self) -> tuple[tuple[str, str, int], ...]:
+        return tuple((scheme.decode(), host, port) for scheme, host, port in self.cp_origins)
+
+    @origins.setter
+    def origins(self, origins: tuple[tuple[str, str, int], ...]) -> None:
+        # Keyed as mitmproxy keeps a request's parts, to look one up without converting it;
+        # each maps to the origin as a URL prefix, the start of a record's `url`.
+        self.cp_origins = {
+            (scheme.encode(), host, port): f"{scheme}://{url.hostport(scheme, host, port)}"
+            for scheme, host, port in origins
+        }
+
+    def cp_origin(self, request: http.Request) -> str | None:
+        """`scheme://host[:port]` when the request goes to a CP origin, else None."""
+        d = request.data
+        return self.cp_origins.get((d.scheme, d.host.lower(), d.port))
+
     def is_control_plane(self, request: http.Request) -> bool:
-        return (request.scheme, request.host.lower(), request.port) in self.origins
+        return self.cp_origin(request) is not None
 
     def on_requestheaders(self, flow: http.HTTPFlow) -> None:
         # Decided on the headers: mitmproxy connects upstream right after this hook when the
@@ -235,21 +231,25 @@ class BrowserRouting:
         if record is not None:  # a replayed flow is decided afresh, or not at all
             del flow.metadata[METADATA_KEY]
             flow.comment, flow.marked = "", ""
-        if self.mode != "route" or not self.is_control_plane(flow.request):
+        if self.mode != "route" or (origin := self.cp_origin(flow.request)) is None:
             return
-        path, query = paths.split_path(flow.request.path)
+        target = flow.request.path
+        client_url = origin + target  # the record's url, built once from parts already at hand
+        path, query = paths.split_path(target)
         sub = paths.parse_subresource_path(path)
         if sub is None:
-            self.recorder.decide(flow, "passthrough", "not_browser_subresource")
+            self.recorder.decide(flow, "passthrough", "not_browser_subresource", url=client_url)
             return
         if not paths.is_allowlisted(sub.tail, self.subresources):
-            self.recorder.decide(flow, "passthrough", "not_allowlisted", session_id=sub.session_key)
+            self.recorder.decide(
+                flow, "passthrough", "not_allowlisted", session_id=sub.session_key, url=client_url
+            )
             return
         route = self.cache.get(sub.session_key)
         if route is None:
-            self.recorder.decide(flow, "passthrough", "no_route", session_id=sub.session_key)
+            self.recorder.decide(flow, "passthrough", "no_route", session_id=sub.session_key, url=client_url)
             return
-        self.recorder.decide(flow, "routed", session_id=route.session_id)
+        self.recorder.decide(flow, "routed", session_id=route.session_id, url=client_url)
         client = ClientRequest.of(flow.request, sub.tail)
         if flow.request.method == "GET":  # only a GET can fall back to the CP
             self.originals[flow.id] = client
@@ -269,17 +269,15 @@ class BrowserRouting:
         )  # fmt: skip
 
     def on_responseheaders(self, flow: http.HTTPFlow) -> None:
-        record = record_of(flow)
-        if record is None or record["decision"] not in CP_DECISIONS or flow.response is None:
-            return
+        """A CP answer."""
+        assert flow.response is not None
         if media_type(flow.response.headers) == "text/event-stream":  # a stream the CP serves stays live
             flow.response.stream = True
 
-    def on_response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_response(self, flow: http.HTTPFlow, record: dict[str, Any]) -> Awaitable[None] | None:
         """Record the CP's status and learn from it; an awaitable when a large page is still
         being learned (see `learn`)."""
-        record = record_of(flow)
-        if record is None or record["decision"] not in CP_DECISIONS or not flow.response or not flow.live:
+        if record["decision"] not in CP_DECISIONS or not flow.response or not flow.live:
             return None  # offline reads (mitmdump -nr) keep their recorded decisions and teach nothing
         if record["decision"] == "passthrough":
             self.recorder.decide(flow, "passthrough", record["reason"], cp_status=flow.response.status_code)

@@ -77,8 +77,8 @@ async def test_the_reissues_answer_is_buffered_whole(h: Harness) -> None:
     h.reissues.answer = answer
     orig_rh = h.fallback.on_responseheaders
 
-    def spy(flow: http.HTTPFlow) -> None:
-        orig_rh(flow)
+    def spy(flow: http.HTTPFlow, record: dict[str, Any]) -> None:
+        orig_rh(flow, record)
         if flow.response is not None:
             seen.append(flow.response.stream)
 
