@@ -2,21 +2,71 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fnmatch
 import functools
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs, urlsplit
 
 
-@dataclass(frozen=True, slots=True)  # slots: a cache may hold 100,000 of them
+def pack_jwt(jwt: str) -> bytes | str:
+    """A jwt's base64url parts as raw bytes, each after its 2-byte length: about a quarter
+    smaller, and a cache may hold 100,000 of them. The jwt itself when it would not come
+    back exactly (not three base64url parts, padding, odd bits)."""
+    try:
+        raw = [base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)) for part in jwt.split(".")]
+        packed = b"".join(len(part).to_bytes(2, "big") + part for part in raw)
+    except (ValueError, binascii.Error, OverflowError):
+        return jwt
+    return packed if len(raw) == 3 and unpack_jwt(packed) == jwt else jwt
+
+
+def unpack_jwt(packed: bytes | str) -> str:
+    if isinstance(packed, str):
+        return packed
+    parts, at = [], 0
+    while at < len(packed):
+        size = int.from_bytes(packed[at : at + 2], "big")
+        parts.append(base64.urlsafe_b64encode(packed[at + 2 : at + 2 + size]).rstrip(b"=").decode("ascii"))
+        at += 2 + size
+    return ".".join(parts)
+
+
 class Route:
-    session_id: str
-    base_url: str  # without a trailing slash
-    jwt: str
-    name: str | None = None  # the SDKs accept a browser's name where its id goes
+    """What is known of one browser session. Immutable; slots and a packed jwt, because a
+    cache may hold 100,000 of them."""
+
+    __slots__ = ("_jwt", "base_url", "name", "session_id")
+
+    def __init__(self, session_id: str, base_url: str, jwt: str, name: str | None = None) -> None:
+        self.session_id = session_id
+        self.base_url = base_url  # without a trailing slash
+        self._jwt = pack_jwt(jwt)
+        self.name = name  # the SDKs accept a browser's name where its id goes
+
+    @property
+    def jwt(self) -> str:
+        return unpack_jwt(self._jwt)
+
+    def _key(self) -> tuple[str, str, bytes | str, str | None]:
+        return (self.session_id, self.base_url, self._jwt, self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Route) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        fields = f"{self.session_id!r}, {self.base_url!r}, jwt={redact(self.jwt)!r}, name={self.name!r}"
+        return f"Route({fields})"
+
+    def as_dict(self) -> dict[str, str | None]:
+        """As the routes file keeps it (with the jwt in clear: that file is private)."""
+        return {"session_id": self.session_id, "base_url": self.base_url, "jwt": self.jwt, "name": self.name}
 
 
 def redact(secret: str) -> str:
@@ -149,12 +199,12 @@ class RouteCache:
 
 def dump_routes(routes: Iterable[Route]) -> str:
     """The routes file's text: it holds jwts, so whoever writes it keeps it private."""
-    return json.dumps({"routes": [asdict(r) for r in routes]}, indent=1) + "\n"
+    return json.dumps({"routes": [r.as_dict() for r in routes]}, indent=1) + "\n"
 
 
 def journal_line(change: str, route: Route) -> str:
     """One change of the cache as a line of the routes file's journal."""
-    entry = {"put": asdict(route)} if change == "route_cached" else {"evict": route.session_id}
+    entry = {"put": route.as_dict()} if change == "route_cached" else {"evict": route.session_id}
     return json.dumps(entry) + "\n"
 
 

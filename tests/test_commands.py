@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import stat
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +225,7 @@ def test_the_journal_replays_onto_the_snapshot_and_skips_a_torn_line() -> None:
 def test_routes_file_round_trips_and_counts_bad_entries() -> None:
     routes = [Route("s1", VM_BASE, JWT, "n"), Route("s2", VM_BASE, JWT)]
     assert load_routes(dump_routes(routes)) == (routes, 0)
-    text = json.dumps({"routes": [asdict(routes[0]), {"session_id": 3}, "x"]})
+    text = json.dumps({"routes": [routes[0].as_dict(), {"session_id": 3}, "x"]})
     assert load_routes(text) == (routes[:1], 2)
     for bad in ("[]", '{"routes": {}}', "{", ""):
         with pytest.raises(ValueError):
