@@ -26,10 +26,11 @@ def session_id(i: int) -> str:
 
 
 def jwt(i: int) -> str:
-    """A jwt-shaped token of JWT_LENGTH characters, unique per browser."""
+    """A jwt of JWT_LENGTH characters, unique per browser: three base64url parts, as a real
+    one has (the padding letters leave no stray bits, as an encoder's output never does)."""
     head = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
     body = f"eyJzZXNzaW9uX2lkIjoi{i:024x}".ljust(94, "Q")
-    return f"{head}.{body}.".ljust(JWT_LENGTH, "x")
+    return f"{head}.{body}.".ljust(JWT_LENGTH, "A")
 
 
 def browser(i: int, vm: str) -> dict[str, Any]:
