@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -70,6 +70,7 @@ HEADERS = {
     "E": "(E) route mode, a VM that answers 502 for a gone browser: an injected browser_gone falls back",
 }
 Record = dict[str, Any]
+T = TypeVar("T")
 
 
 class Demo:
@@ -140,6 +141,15 @@ class Demo:
             if until(found) or time.monotonic() > deadline:
                 return found
             time.sleep(0.05)
+
+    def observe(self, call: Callable[[], T], decision: str) -> tuple[T, list[Record], dict[str, int]]:
+        """One client call in a fresh window: what it returned, its records (once one with
+        `decision` is logged; shown) and the attempts per side."""
+        self.mark()
+        result = call()
+        recs = self.records(lambda rs: any(r["decision"] == decision for r in rs))
+        self.show(recs)
+        return result, recs, self.attempts()
 
     def show(self, records: list[Record]) -> None:
         self.say(f"    {'decision':<15}{'reason':<14}{'vm_status':<11}{'cp_status':<11}flow")
@@ -245,12 +255,8 @@ class Demo:
     def step_c(self) -> None:
         self.say(HEADERS["C"])
         self.say("    read 1: the stale route is used, the VM says browser_gone")
-        self.mark()
-        page = self.client.browsers.telemetry.events(self.sid)
+        page, recs, counts = self.observe(lambda: self.client.browsers.telemetry.events(self.sid), "fallback")
         ids = [str(item.to_dict().get("id")) for item in page.items]
-        recs = self.records(lambda rs: any(r["decision"] == "fallback" for r in rs))
-        self.show(recs)
-        counts = self.attempts()
         self.say(f"    client got a page of {len(ids)} events: {', '.join(self.short(i) for i in ids)}")
         self.check(
             bool(ids) and all(i.startswith(f"cp-{self.sid}-") for i in ids), "the client got the CP's page"
@@ -280,13 +286,10 @@ class Demo:
         )
 
         self.say("    read 2: no route any more, straight to the control plane")
-        self.mark()
-        again = [
-            str(item.to_dict().get("id")) for item in self.client.browsers.telemetry.events(self.sid).items
-        ]
-        recs = self.records(lambda rs: any(r["decision"] == "passthrough" for r in rs))
-        self.show(recs)
-        counts = self.attempts()
+        page, recs, counts = self.observe(
+            lambda: self.client.browsers.telemetry.events(self.sid), "passthrough"
+        )
+        again = [str(item.to_dict().get("id")) for item in page.items]
         self.say(f"    client got a page of {len(again)} events from the CP")
         got = [(r["decision"], r["reason"], r.get("cp_status")) for r in recs]
         self.check(got == [("passthrough", "no_route", 200)], "decision passthrough (no_route)", got)

@@ -297,11 +297,9 @@ def live_like_route_mode(demo: Demo, qa: LiveQa) -> None:
     )
 
     demo.say("    read 1: GET the telemetry events on the stale route, no injection")
-    demo.mark()
-    error = api_error(lambda: client.browsers.telemetry.events(sid))
-    recs = demo.records(lambda rs: any(r["decision"] == "no_fallback" for r in rs))
-    demo.show(recs)
-    counts = demo.attempts()
+    error, recs, counts = demo.observe(
+        lambda: api_error(lambda: client.browsers.telemetry.events(sid)), "no_fallback"
+    )
     demo.say(f"    client got {describe(demo, error)}")
     got = [(r["decision"], r["reason"], r.get("vm_status")) for r in recs]
     demo.check(got == [("no_fallback", "status", 502)], "decision no_fallback (status), VM 502", got)
@@ -317,11 +315,9 @@ def live_like_route_mode(demo: Demo, qa: LiveQa) -> None:
 
     demo.say(f"    read 2: :browserrouting.inject {demo.short(sid)}=gone  then the same read")
     proxy.command("browserrouting.inject", f"{sid}=gone")
-    demo.mark()
-    error = api_error(lambda: client.browsers.telemetry.events(sid))
-    recs = demo.records(lambda rs: any(r["decision"] == "fallback" for r in rs))
-    demo.show(recs)
-    counts = demo.attempts()
+    error, recs, counts = demo.observe(
+        lambda: api_error(lambda: client.browsers.telemetry.events(sid)), "fallback"
+    )
     demo.say(f"    client got {describe(demo, error)}: the CP's own answer for a deleted browser")
     fallback_once(demo, qa, recs, counts, cp_status=404)
     demo.check(
@@ -336,11 +332,9 @@ def live_like_route_mode(demo: Demo, qa: LiveQa) -> None:
     demo.say("    read 3: browser {id2} created through the proxy, then killed on the VM only")
     demo.say("      (the CP still serves its events); :browserrouting.inject {id2}=gone  then GET its events")
     proxy.command("browserrouting.inject", f"{other}=gone")
-    demo.mark()
-    page = event_ids(client.browsers.telemetry.events(other).items)
-    recs = demo.records(lambda rs: any(r["decision"] == "fallback" for r in rs))
-    demo.show(recs)
-    counts = demo.attempts()
+    page, recs, counts = demo.observe(
+        lambda: event_ids(client.browsers.telemetry.events(other).items), "fallback"
+    )
     demo.say(f"    client got a page of {len(page)} events: {demo.short(', '.join(page))}")
     fallback_once(demo, qa, recs, counts, cp_status=200)
     demo.check(bool(page) and all(i.startswith(f"cp-{other}-") for i in page), "the client got the CP's page")
