@@ -35,14 +35,18 @@ NUMBER = r"[+-]?\d+\.\d+"
 VALUE = re.compile(rf"  ({NUMBER})(?: ms| MB)?(?: \[({NUMBER})-({NUMBER})\])?  ")
 
 
-@pytest.fixture(scope="module")
-def quick_run() -> str:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick"],
+def bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+@pytest.fixture(scope="module")
+def quick_run() -> str:
+    done = bench("--quick", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -81,12 +85,7 @@ def test_quick_bench_measures_a_routing_addon_against_proxies_that_route_nothing
 
 
 def test_bench_help_names_its_options() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = bench("--help", timeout=60)
     assert done.returncode == 0
     for option in ("--quick", "--windows", "--load", "--strict"):
         assert option in done.stdout

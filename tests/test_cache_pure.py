@@ -40,24 +40,19 @@ def test_route_from_object_jwt_from_cdp_ws_url_is_query_decoded() -> None:
     assert route.name is None
 
 
-def test_route_from_object_jwt_field_wins_over_cdp_ws_url() -> None:
+@pytest.mark.parametrize(
+    ("jwt_field", "jwt"),
+    [("field", "field"), ("  ", "query")],
+    ids=["a_jwt_field_wins_over_cdp_ws_url", "a_blank_jwt_field_leaves_cdp_ws_urls"],
+)
+def test_route_from_object_takes_the_jwt_field_else_the_cdp_ws_urls(jwt_field: str, jwt: str) -> None:
     obj: dict[object, object] = {
         "session_id": "s1",
         "base_url": VM_BASE,
-        "jwt": "field",
+        "jwt": jwt_field,
         "cdp_ws_url": "wss://x.test/?jwt=query",
     }
-    assert route_from_object(obj) == Route("s1", VM_BASE, "field")
-
-
-def test_route_from_object_blank_jwt_field_uses_cdp_ws_url() -> None:
-    obj: dict[object, object] = {
-        "session_id": "s1",
-        "base_url": VM_BASE,
-        "jwt": "  ",
-        "cdp_ws_url": "wss://x.test/?jwt=query",
-    }
-    assert route_from_object(obj) == Route("s1", VM_BASE, "query")
+    assert route_from_object(obj) == Route("s1", VM_BASE, jwt)
 
 
 @pytest.mark.parametrize(
