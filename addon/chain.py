@@ -100,7 +100,8 @@ class Parts:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.router.on_requestheaders(flow)
-        self.audit.on_requestheaders(flow)
+        if self.router.mode == "audit":
+            self.audit.on_requestheaders(flow)
 
     def request(self, flow: http.HTTPFlow) -> None:
         if (record := flow.metadata.get(METADATA_KEY)) is not None and "injected" in record:

@@ -280,7 +280,7 @@ class BrowserRouting:
         if record["decision"] not in CP_DECISIONS or not flow.response or not flow.live:
             return None  # offline reads (mitmdump -nr) keep their recorded decisions and teach nothing
         if record["decision"] == "passthrough":
-            self.recorder.decide(flow, "passthrough", record["reason"], cp_status=flow.response.status_code)
+            record["cp_status"] = flow.response.status_code  # the decision stands: only its status is new
         return self.learn(flow) if 200 <= flow.response.status_code < 300 else None
 
     def learn(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
