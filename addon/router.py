@@ -40,11 +40,6 @@ def vm_target(base_path: str, route: Route, tail: str, query: str) -> str:
     return f"{base_path}/{tail}" + (f"?{query}" if query else "")
 
 
-def vm_url(route: Route, tail: str, query: str) -> str:
-    scheme, host, port, base_path = vm_origin(route.base_url)
-    return f"{scheme}://{url.hostport(scheme, host, port)}{vm_target(base_path, route, tail, query)}"
-
-
 @functools.lru_cache(maxsize=1024)  # a handful of base_urls serve every route
 def vm_origin(base_url: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, path) of a base_url that the cache accepted."""

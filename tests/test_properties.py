@@ -14,13 +14,14 @@ from urllib.parse import quote, unquote_plus, urlsplit
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from mitmproxy.net.http.url import hostport
 from mitmproxy.test import tflow, tutils
 
 from addon import audit, inject, paths
 from addon.decisions import comment, printable, redact_url, summary
 from addon.fallback import decode_bounded, is_browser_gone
 from addon.recorder import DecisionRecorder
-from addon.router import rewrite_to_vm, vm_url
+from addon.router import rewrite_to_vm, vm_origin, vm_target
 from addon.routes import (
     Route,
     RouteCache,
@@ -166,6 +167,12 @@ def test_a_subresource_path_gives_back_its_id_and_raw_tail(prefix: str, sid: str
 
 
 # --------------------------------------------------------------------------- the rewrite
+
+
+def vm_url(route: Route, tail: str, query: str) -> str:
+    """The VM URL a route gives a tail and query, written out from the router's parts."""
+    scheme, host, port, base_path = vm_origin(route.base_url)
+    return f"{scheme}://{hostport(scheme, host, port)}{vm_target(base_path, route, tail, query)}"
 
 
 @FAST
