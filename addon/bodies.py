@@ -13,7 +13,7 @@ def media_type(headers: http.Headers) -> str:
     """The first Content-Type's media type, lower case, "" when there is none. Read off the raw
     fields: every answer is asked, and mitmproxy's lookup decodes every header name."""
     for name, value in headers.fields:
-        if name.lower() == b"content-type":
+        if len(name) == 12 and name.lower() == b"content-type":  # the length test spares a lower()
             return value.split(b";", 1)[0].strip().lower().decode("latin-1")
     return ""
 

@@ -36,6 +36,9 @@ class Parts:
         self.fallback = ControlPlaneFallback(self.router, self.recorder)
         self.audit = RoutingAudit(self.router, self.fallback, self.injector, self.recorder)
         self.commands = RouteCommands(self.router, self.recorder, self.injector, self.audit)
+        # mitmproxy walks an addon's `addons` for every event it dispatches: a list at hand,
+        # and only the commands in it (mitmproxy finds commands that way).
+        self.addons = [self.commands]
 
     @classmethod
     def for_script(cls) -> Parts:
@@ -64,15 +67,9 @@ class Parts:
 
     @property
     def chain(self) -> list[Any]:
-        """The script's addons: this object alone. mitmproxy walks an addon's `addons` for every
-        event it dispatches, so the parts are not addons of their own: this object hands them
-        their options, lifecycle and flow hooks, and only the commands are walked (mitmproxy
-        finds commands that way)."""
+        """The script's addons: this object alone. The parts are not addons of their own: this
+        object hands them their options, lifecycle and flow hooks."""
         return [self]
-
-    @property
-    def addons(self) -> list[Any]:
-        return [self.commands]
 
     @property
     def parts(self) -> tuple[Any, ...]:

@@ -44,6 +44,8 @@ def query_params(query: str) -> list[tuple[str, str]]:
 
 def jwt_of(query: str) -> str | None:
     """The decoded value of the first `jwt` query parameter, or None."""
+    if "jwt" not in query and "%" not in query:
+        return None  # no name there can read `jwt`
     return next((unquote_plus(p.partition("=")[2]) for n, p in query_params(query) if n == "jwt"), None)
 
 
@@ -114,6 +116,8 @@ def map_location(location: str, vm_url: str, tail: str, cp_path: str) -> str | N
 def has_dot_segment(path: str) -> bool:
     """Whether a segment is `.` or `..`, percent-encoded or not: the server would resolve it,
     so a path that looks allowlisted could name another subresource."""
+    if "." not in path and "%" not in path:
+        return False  # the common case, told without splitting
     return any(unquote(segment) in (".", "..") for segment in path.split("/"))
 
 
@@ -130,6 +134,8 @@ def parse_subresource_path(path: str) -> SubresourcePath | None:
 
 def normalize_tail(tail: str) -> str:
     """Collapse repeated slashes and strip the outer ones: `/a//b/` -> `a/b`."""
+    if "//" not in tail and not tail.startswith("/") and not tail.endswith("/"):
+        return tail  # the common case, told without splitting
     return "/".join(part for part in tail.split("/") if part)
 
 

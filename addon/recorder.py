@@ -55,7 +55,7 @@ class DecisionRecorder:
         record = record_of(flow)
         if record is None:
             url = fields.pop("url", None)
-            record = {
+            record = flow.metadata[METADATA_KEY] = {
                 "decision": decision,
                 "reason": reason,
                 "session_id": None,
@@ -63,8 +63,8 @@ class DecisionRecorder:
                 "url": redact_url(url if url is not None else flow.request.url),
                 "flow_id": flow.id,
             }
-            flow.metadata[METADATA_KEY] = record
-        record.update(decision=decision, reason=reason)
+        else:
+            record["decision"], record["reason"] = decision, reason
         for key, value in fields.items():
             if value is not None:
                 record[key] = redact_url(value) if key.endswith("url") else value

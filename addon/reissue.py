@@ -74,7 +74,9 @@ class ControlPlaneFallback:
     def map_locations(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
         """A VM redirect must not send the client to the CP with the jwt (see paths.map_location)."""
         assert flow.response is not None
-        names = [name for name in ("location", "content-location") if name in flow.response.headers]
+        # Read off the raw fields: mitmproxy's lookup decodes every header name.
+        present = {name.lower() for name, _ in flow.response.headers.fields}
+        names = [name for name in ("location", "content-location") if name.encode() in present]
         cp_path = urlsplit(record["url"]).path if names else ""
         sub = paths.parse_subresource_path(cp_path) if names else None
         if sub is None:

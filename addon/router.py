@@ -36,8 +36,13 @@ def vm_target(base_path: str, route: Route, tail: str, query: str) -> str:
     """The VM request target for `{subresource}{suffix}`: base_url's path joined with the raw
     tail, the client's query kept in order, the route's jwt added unless the client sent one."""
     if paths.jwt_of(query) is None:
-        query = f"{query}&jwt={quote(route.jwt, safe='')}" if query else f"jwt={quote(route.jwt, safe='')}"
+        query = f"{query}&{jwt_param(route)}" if query else jwt_param(route)
     return f"{base_path}/{tail}" + (f"?{query}" if query else "")
+
+
+@functools.lru_cache(maxsize=256)  # the routes in use, spared unpacking and quoting their jwt each time
+def jwt_param(route: Route) -> str:
+    return f"jwt={quote(route.jwt, safe='')}"
 
 
 @functools.lru_cache(maxsize=1024)  # a handful of base_urls serve every route
@@ -48,13 +53,20 @@ def vm_origin(base_url: str) -> tuple[str, str, int, str]:
     return parts.scheme, parts.hostname or "", port, parts.path.rstrip("/")
 
 
-def rewrite_to_vm(request: http.Request, route: Route, tail: str, query: str) -> None:
-    """Point the request at the VM. Field by field, not through the URL setter, whose parser
-    drops an empty `;` parameter from the path; the host setter moves Host or :authority."""
+def rewrite_to_vm(request: http.Request, route: Route, tail: str, query: str) -> str:
+    """Point the request at the VM, its Authorization header dropped; returns the VM URL. Field
+    by field, as mitmproxy's setters would: the URL setter's parser drops an empty `;` parameter
+    from the path, and the host setter looks the headers up twice."""
     scheme, host, port, base_path = vm_origin(route.base_url)
-    request.data.scheme, request.data.port = scheme.encode(), port
-    request.host = host
-    request.path = vm_target(base_path, route, tail, query)
+    target = vm_target(base_path, route, tail, query)
+    hostport = url.hostport(scheme, host, port)
+    d = request.data
+    d.scheme, d.host, d.port = scheme.encode(), host, port
+    request.path = target
+    if d.authority:  # absolute-form or HTTP/2: it names the server too
+        request.authority = hostport
+    request.headers = VmHeaders.routed(request.headers.fields, hostport.encode("utf-8", "surrogateescape"))
+    return f"{scheme}://{hostport}{target}"
 
 
 class VmHeaders(http.Headers):
@@ -69,6 +81,25 @@ class VmHeaders(http.Headers):
     @fields.setter
     def fields(self, value: Iterable[tuple[bytes, bytes]]) -> None:
         self._fields = tuple(field for field in value if field[0].lower() != b"authorization")
+
+    @classmethod
+    def routed(cls, fields: tuple[tuple[bytes, bytes], ...], host: bytes) -> VmHeaders:
+        """The client's headers as the VM gets them: no Authorization, and a Host header (when
+        there is one) naming the VM, the first kept and any other dropped, as mitmproxy's host
+        setter does. Fields of existing headers need no second check: no __init__."""
+        kept: list[tuple[bytes, bytes]] = []
+        host_set = False
+        for field in fields:
+            name = field[0].lower()
+            if name == b"host":
+                if not host_set:
+                    kept.append((field[0], host))
+                    host_set = True
+            elif name != b"authorization":
+                kept.append(field)
+        headers = cls.__new__(cls)
+        headers._fields = tuple(kept)
+        return headers
 
 
 @dataclass(slots=True)
@@ -244,22 +275,23 @@ class BrowserRouting:
         if route is None:
             self.recorder.decide(flow, "passthrough", "no_route", session_id=sub.session_key, url=client_url)
             return
-        self.recorder.decide(flow, "routed", session_id=route.session_id, url=client_url)
         client = ClientRequest.of(flow.request, sub.tail)
-        if flow.request.method == "GET":  # only a GET can fall back to the CP
-            self.originals[flow.id] = client
         try:
-            rewrite_to_vm(flow.request, route, sub.tail, query)
+            vm_url = rewrite_to_vm(flow.request, route, sub.tail, query)
         except (ValueError, UnicodeError) as e:  # never half-routed: the request goes on as it came
             client.restore(flow.request)
-            self.originals.pop(flow.id, None)
             why = f"the VM URL cannot be built ({type(e).__name__})"  # the message could hold the jwt
-            self.recorder.decide(flow, "passthrough", "rewrite_failed", error=why)
+            self.recorder.decide(
+                flow, "passthrough", "rewrite_failed", session_id=route.session_id, url=client_url, error=why
+            )
             return
-        flow.request.headers = VmHeaders(flow.request.headers.fields)  # the API key never reaches a VM
-        self.quiet_streams.vm_hosts.add(flow.request.host)
+        if flow.request.method == "GET":  # only a GET can fall back to the CP
+            self.originals[flow.id] = client
+        host = flow.request.data.host
+        self.quiet_streams.vm_hosts.add(host)
         self.recorder.decide(
-            flow, "routed", vm_url=flow.request.url, vm_host=f"{flow.request.host}:{flow.request.port}",
+            flow, "routed", session_id=route.session_id, url=client_url, vm_url=vm_url,
+            vm_host=f"{host}:{flow.request.data.port}",
             injected=self.injector.apply(flow, (route.session_id, route.name), sub.tail),
         )  # fmt: skip
 

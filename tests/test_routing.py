@@ -76,6 +76,25 @@ async def test_routing_rewrites_request_in_place(h: Harness) -> None:
     assert flow.comment.splitlines()[0] == f"routed to VM {VM_HOST}:{VM_PORT} (200) [{SID}]"
 
 
+@pytest.mark.parametrize("absolute_form", [False, True])
+async def test_routing_sets_host_and_authority_as_mitmproxys_own_setters_would(
+    h: Harness, absolute_form: bool
+) -> None:
+    await h.learn(browser())
+    flow = cp_flow(
+        "GET", f"/browsers/{SID}/fs/x", headers=(("host", "second.test"), ("X-A", "1"), ("HOST", "3.test"))
+    )
+    if absolute_form:  # `GET https://api.../ HTTP/1.1`, as a client of a regular proxy sends it
+        flow.request.authority = flow.request.host
+    expected = flow.request.copy()
+    expected.scheme, expected.port, expected.host = "https", VM_PORT, VM_HOST  # the setters' way
+    await h.request(flow)
+    assert flow.request.authority == expected.authority == (f"{VM_HOST}:{VM_PORT}" if absolute_form else "")
+    want = [f for f in expected.headers.fields if f[0].lower() != b"authorization"]
+    assert list(flow.request.headers.fields) == want
+    assert [f for f in want if f[0].lower() == b"host"] == [(b"Host", f"{VM_HOST}:{VM_PORT}".encode())]
+
+
 async def test_routing_an_http2_request_points_its_authority_at_the_vm(h: Harness) -> None:
     await h.learn(browser())
     flow = await h.request(cp_flow("GET", f"/browsers/{SID}/fs/x", http2=True))
