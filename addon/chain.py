@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +36,6 @@ class Parts:
         self.fallback = ControlPlaneFallback(self.router, self.recorder)
         self.audit = RoutingAudit(self.router, self.fallback, self.injector, self.recorder)
         self.commands = RouteCommands(self.router, self.recorder, self.injector, self.audit)
-        # mitmproxy walks an addon's `addons` for every event it dispatches: a list at hand,
-        # and only the commands in it (mitmproxy finds commands that way).
-        self.addons = [self.commands]
 
     @classmethod
     def for_script(cls) -> Parts:
@@ -55,11 +52,12 @@ class Parts:
         self.recorder.decisions, self.recorder.outbound = old.recorder.decisions, old.recorder.outbound
         self.recorder.log = old.recorder.log  # reopened by configure; old in-flight work writes to it too
         self.injector.rules, self.injector.applied = old.injector.rules, old.injector.applied
+        self.injector.awaiting = old.injector.awaiting
         self.audit.audit, self.audit.open = old.audit.audit, old.audit.open
         self.audit.waiting = old.audit.waiting
 
     def done(self) -> None:
-        for part in self.parts:
+        for part in (*self.parts, self.commands):  # the commands log the summary
             if hasattr(part, "done"):
                 part.done()
         if not ctx.master.should_exit.is_set():  # removed while mitmproxy runs on: a reload
@@ -67,8 +65,10 @@ class Parts:
 
     @property
     def chain(self) -> list[Any]:
-        """The script's addons: this object alone. The parts are not addons of their own: this
-        object hands them their options, lifecycle and flow hooks."""
+        """The script's addons: this object alone. mitmproxy walks every addon, and the addons
+        it lists in `addons`, for every event it dispatches, so the parts are not addons of
+        their own: this object hands them their options, lifecycle and flow hooks, and `load`
+        registers the commands."""
         return [self]
 
     @property
@@ -81,6 +81,7 @@ class Parts:
     def load(self, loader: Any) -> None:
         for part in self.parts:
             part.load(loader)
+        loader.master.commands.collect_commands(self.commands)  # what mitmproxy does for the addons it walks
 
     def configure(self, updated: set[str]) -> None:
         for part in self.parts:
@@ -100,7 +101,13 @@ class Parts:
         if self.router.mode == "audit":
             self.audit.on_requestheaders(flow)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    @property
+    def request(self) -> Callable[[http.HTTPFlow], None] | None:
+        """The `request` hook, there only while a flow waits for an injected answer: mitmproxy
+        skips a hook that is None, and charges every flow for one that is not."""
+        return self.answer_injected if self.injector.awaiting else None
+
+    def answer_injected(self, flow: http.HTTPFlow) -> None:
         if (record := flow.metadata.get(METADATA_KEY)) is not None and "injected" in record:
             self.injector.on_request(flow, record["injected"])
 
@@ -147,4 +154,5 @@ class Parts:
             return
         if record["decision"] in TO_THE_VM:
             self.fallback.on_error(flow, record)
+        self.injector.awaiting.discard(flow.id)  # ended before its answer was due
         self.finish(flow, record)

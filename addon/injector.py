@@ -22,6 +22,7 @@ class FaultInjection:
         self.rules: list[inject.InjectRule] = []
         self.applied = ""  # the option value the rules came from
         self.refused = False  # the last value set was refused: mitmproxy now rolls back to `applied`
+        self.awaiting: set[str] = set()  # ids of the flows `apply` picked, until `on_request` answers
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -53,10 +54,12 @@ class FaultInjection:
             flow.kill()
         elif kind is not None:
             flow.request.stream = False  # mitmproxy cannot answer a request it streams upstream
+            self.awaiting.add(flow.id)
         return kind
 
     def on_request(self, flow: http.HTTPFlow, kind: str) -> None:
         """Answer a flow `apply` picked, once its body has arrived (`reset` was killed already)."""
+        self.awaiting.discard(flow.id)
         if kind == "reset" or flow.response is not None or flow.error is not None:
             return
         if flow.request.stream:  # a chunked upload outgrew stream_large_bodies: already on its way

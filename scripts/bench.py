@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ from bench_base import AUTH, ROOT, SUBRESOURCES, Figure, Pinning, Setup, started
 from bench_fleet import Fleet, quiet_dropped_connections
 from bench_latency import latency_figures
 from bench_routes import memory_figures, routes_file_figure
-from bench_throughput import throughput
+from bench_throughput import cp_label, throughput
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
 
@@ -112,6 +113,24 @@ def describe(load: str, pinning: Pinning) -> list[str]:
     ]
 
 
+def three_proxies(sim: Simulator) -> dict[str, Mitmdump]:
+    """Plain mitmdump, the empty-hook script and the addon (no decision log), all trusting the
+    simulator's CA."""
+    trust = {"ssl_verify_upstream_trusted_ca": sim.cert_path}
+    addon_options = {
+        "browserrouting_control_plane": sim.cp_url,
+        "browserrouting_vm_hosts": sim.vm_host,
+        "browserrouting_subresources": SUBRESOURCES,
+        "browserrouting_log": "",
+        **trust,
+    }
+    return {
+        "plain": Mitmdump(trust, with_addon=False),
+        "empty": Mitmdump(trust, with_addon=False, extra_args=("-s", str(EMPTY_HOOKS))),
+        "addon": Mitmdump(addon_options),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n\n")[0],
@@ -150,28 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     if load == "python" and args.load == "auto":
         setup.notes.append("wrk not found: the Python load generator sent the mix")
     figures: list[Figure] = []
-    sim_options = {"ssl_verify_upstream_trusted_ca": ""}
-    with Simulator() as sim:
-        sim_options["ssl_verify_upstream_trusted_ca"] = sim.cert_path
-        addon_options = {
-            "browserrouting_control_plane": sim.cp_url,
-            "browserrouting_vm_hosts": sim.vm_host,
-            "browserrouting_subresources": SUBRESOURCES,
-            "browserrouting_log": "",
-            **sim_options,
-        }
-        proxies = {
-            "plain": Mitmdump(sim_options, with_addon=False),
-            "empty": Mitmdump(sim_options, with_addon=False, extra_args=("-s", str(EMPTY_HOOKS))),
-            "addon": Mitmdump(addon_options),
-        }
-        with started(setup.pinning, *proxies.values()):
-            with httpx.Client(proxy=proxies["addon"].url, headers=AUTH, trust_env=False) as c:
-                sid = c.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]  # learns its route
-            progress(f"throughput: {setup.windows} windows of {setup.window_seconds:g} s, load from {load}")
-            figures += throughput(setup, sim, proxies, sid)
-            progress("latency: routed, fallback, SSE, 50 concurrent fallbacks")
-            figures += latency_figures(setup, sim, proxies["plain"], proxies["addon"], sid)
+    for cp_tls in (False, True):  # the CP as the simulator serves it, then over HTTPS as live
+        with Simulator(cp_tls=cp_tls) as sim:
+            proxies = three_proxies(sim)
+            with started(setup.pinning, *proxies.values()):
+                tls = ssl.create_default_context(cafile=proxies["addon"].ca_cert)  # CONNECT to an HTTPS CP
+                with httpx.Client(proxy=proxies["addon"].url, headers=AUTH, trust_env=False, verify=tls) as c:
+                    sid = c.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]  # learns its route
+                windows = f"{setup.windows} windows of {setup.window_seconds:g} s"
+                progress(f"throughput, {cp_label(sim)}: {windows}, load from {load}")
+                figures += throughput(setup, sim, proxies, sid)
+                if not cp_tls:
+                    progress("latency: routed, fallback, SSE, 50 concurrent fallbacks")
+                    figures += latency_figures(setup, sim, proxies["plain"], proxies["addon"], sid)
     fleet = Fleet()
     try:
         progress(f"memory and lookup: {setup.routes:,} routes")
@@ -181,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         progress("done")
     finally:
         fleet.close()
-    order = ["throughput, addon", "throughput, empty", "memory", "routes file", "routed", "fallback", "50 "]
+    order = [
+        *(
+            f"throughput, {who} / plain (CP over {cp},"
+            for cp in ("HTTP", "HTTPS")
+            for who in ("addon", "empty hooks")
+        ),
+        *("memory", "routes file", "routed", "fallback", "50 "),
+    ]
     figures.sort(key=lambda f: next((i for i, p in enumerate(order) if f.name.startswith(p)), len(order)))
     mode = "quick run" if quick else "full run"
     print_table(figures, [*header, f"{mode}; ratios are what to read"], setup.notes)

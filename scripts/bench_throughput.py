@@ -36,6 +36,10 @@ def served_by_proxy(stats: dict[str, Any]) -> tuple[Counter[str], Counter[str]]:
     return served, direct
 
 
+def cp_label(sim: Simulator) -> str:
+    return "CP over HTTPS" if sim.cp_tls else "CP over HTTP"
+
+
 def throughput(setup: Setup, sim: Simulator, proxies: dict[str, Mitmdump], sid: str) -> list[Figure]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-mix-"))
     mix_file = workdir / "mix.txt"
@@ -72,17 +76,17 @@ def throughput(setup: Setup, sim: Simulator, proxies: dict[str, Mitmdump], sid: 
         raise RuntimeError(f"plain mitmdump served nothing in a window: {windows}")
     per_proxy = {n: statistics.median(c[n] for c in windows) / setup.window_seconds for n in NAMES}
     setup.notes.append(
-        "requests/s per proxy (median window): "
+        f"{cp_label(sim)}: requests/s per proxy (median window): "
         + ", ".join(f"{n} {per_proxy[n]:.0f}" for n in NAMES)
         + f"; {setup.load} count / server count: "
         + ", ".join(f"{n} {counted[n] / max(1, totals[n]):.3f}" for n in NAMES)
     )
     routed_share = {n: direct_total[n] / max(1, sum(c[n] for c in windows)) for n in NAMES}
     setup.notes.append(
-        "share of requests the VM got directly (the mix routes 10%): "
+        f"{cp_label(sim)}: share of requests the VM got directly (the mix routes 10%): "
         + ", ".join(f"{n} {routed_share[n]:.1%}" for n in NAMES)
     )
-    label = f"({setup.windows} windows of {setup.window_seconds:g} s)"
+    label = f"({cp_label(sim)}, {setup.windows} windows of {setup.window_seconds:g} s)"
     return [
         Figure(
             f"throughput, addon / plain {label}",

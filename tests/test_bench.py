@@ -21,8 +21,10 @@ from simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = (
-    "throughput, addon / plain",
-    "throughput, empty hooks / plain",
+    "throughput, addon / plain (CP over HTTP,",
+    "throughput, empty hooks / plain (CP over HTTP,",
+    "throughput, addon / plain (CP over HTTPS,",
+    "throughput, empty hooks / plain (CP over HTTPS,",
     "memory, 100k routes",
     "routes file,",
     "routed latency",
@@ -73,13 +75,20 @@ def test_quick_bench_prints_every_figure_with_a_number_a_target_and_a_verdict(qu
         assert row.rstrip().endswith(("PASS", "FAIL")), row
 
 
-def test_quick_bench_measures_a_routing_addon_against_proxies_that_route_nothing(quick_run: str) -> None:
-    shares = re.search(r"the VM got directly.*: plain ([\d.]+)%, empty ([\d.]+)%, addon ([\d.]+)%", quick_run)
+@pytest.mark.parametrize("cp", ["CP over HTTP", "CP over HTTPS"])
+def test_quick_bench_measures_a_routing_addon_against_proxies_that_route_nothing(
+    quick_run: str, cp: str
+) -> None:
+    shares = re.search(
+        rf"{cp}: share .*the VM got directly.*: plain ([\d.]+)%, empty ([\d.]+)%, addon ([\d.]+)%", quick_run
+    )
     assert shares is not None, quick_run
     plain, empty, addon = map(float, shares.groups())
     assert plain == empty == 0.0
     assert 9.0 <= addon <= 11.0  # 2 routed in each 20 requests
-    counts = re.search(r"count / server count: plain ([\d.]+), empty ([\d.]+), addon ([\d.]+)", quick_run)
+    counts = re.search(
+        rf"{cp}: .*count / server count: plain ([\d.]+), empty ([\d.]+), addon ([\d.]+)", quick_run
+    )
     assert counts is not None, quick_run
     assert all(0.9 <= float(c) <= 1.1 for c in counts.groups()), counts.group(0)
 

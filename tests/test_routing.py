@@ -4,6 +4,8 @@ and through a real mitmdump, that the API key never reaches the VM nor the jwt t
 
 from __future__ import annotations
 
+import json
+import ssl
 from urllib.parse import quote
 
 import httpx
@@ -29,7 +31,7 @@ from conftest import proxy_options
 from mitmdump_runner import Mitmdump
 from mitmproxy import http
 from proxy_clients import API_KEY as LIVE_API_KEY
-from proxy_clients import client, create_browser, events_url, requests_to
+from proxy_clients import AUTH, client, create_browser, events_url, requests_to
 from simulator import Simulator
 
 from addon.recorder import METADATA_KEY
@@ -291,3 +293,31 @@ def test_api_key_added_by_modify_headers_never_reaches_the_vm(sim: Simulator) ->
     assert len(vm) == 2 and all("authorization" not in r["headers"] for r in vm)
     cp = requests_to(sim, "cp", "telemetry/events")
     assert len(cp) == 1 and cp[0]["headers"]["authorization"] == injected
+
+
+def test_a_cp_over_https_routes_and_falls_back_through_a_tunnel() -> None:
+    """As against the live service: the client tunnels (CONNECT) to an HTTPS CP."""
+    with Simulator(cp_tls=True) as tls_sim, Mitmdump(proxy_options(tls_sim)) as proxy:
+        with httpx.Client(
+            proxy=proxy.url, headers=AUTH, timeout=10, verify=ssl.create_default_context(cafile=proxy.ca_cert)
+        ) as c:
+            sid = c.post(f"{tls_sim.cp_url}/browsers", json={}).json()["session_id"]
+            tls_sim.reset()
+            assert (
+                c.get(f"{tls_sim.cp_url}/browsers/{sid}/fs/read_file", params={"path": "/k"}).status_code
+                == 200
+            )
+            tls_sim.kill_on_vm(sid)
+            answer = c.get(events_url(tls_sim, sid))
+        assert answer.status_code == 200 and answer.json(), "the CP's events"
+        vm = [r for r in tls_sim.stats()["vm"]["requests"] if not r["via_cp"]]
+        assert [r["path"].rsplit("/", 1)[-1] for r in vm] == ["read_file", "events"]
+        assert all("authorization" not in r["headers"] for r in vm)
+        cp = requests_to(tls_sim, "cp", "telemetry/events")
+        assert (
+            len(cp) == 1
+            and "jwt" not in cp[0]["query"]
+            and cp[0]["headers"]["authorization"] == AUTH["Authorization"]
+        )
+        decisions = [json.loads(line)["decision"] for line in proxy.log_path.read_text().splitlines()]
+        assert decisions.count("fallback") == 1 and decisions.count("routed") == 1

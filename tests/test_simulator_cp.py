@@ -40,6 +40,20 @@ def test_urls_and_loopback_only(sim: Simulator) -> None:
         Simulator(cp_host="0.0.0.0")
 
 
+def test_cp_over_https_with_the_vms_ca() -> None:
+    with Simulator(cp_tls=True) as tls_sim:
+        assert tls_sim.cp_url == f"https://127.0.0.1:{tls_sim.cp_port}"
+        auth = {"Authorization": "Bearer k"}
+        with httpx.Client(verify=trust(tls_sim.cert_path), trust_env=False) as c:
+            created = c.post(f"{tls_sim.cp_url}/browsers", json={}, headers=auth).json()
+            assert created["base_url"] == tls_sim.base_url
+            got = c.get(f"{tls_sim.cp_url}/browsers/{created['session_id']}", headers=auth)
+            assert got.status_code == 200
+        with httpx.Client(trust_env=False) as c, pytest.raises(httpx.HTTPError):
+            c.get(f"http://127.0.0.1:{tls_sim.cp_port}/browsers", headers=auth)  # no plain HTTP there
+        assert tls_sim.stats()["cp"]["count"] == 2
+
+
 def test_sdk_create_list_get_delete(sim: Simulator, sdk: kernel.Kernel, cp: httpx.Client) -> None:
     created = sdk.browsers.create(name="alpha")
     assert isinstance(created, BrowserCreateResponse)

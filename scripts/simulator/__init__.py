@@ -3,8 +3,8 @@ with fault controls and per-side request records.
 
 Tests need to see *where* traffic went (CP vs. VM), with what headers, and how the addon copes
 with dead sessions, faults, latency and streams, without any network access. The CP is plain
-HTTP; the VM proxy is HTTPS with a leaf from a throwaway CA whose certificate (`cert_path`)
-clients trust. Both record every request for later assertions.
+HTTP (HTTPS with `cp_tls=True`, `--cp-tls`); the VM proxy is HTTPS with a leaf from a throwaway
+CA whose certificate (`cert_path`) clients trust. Both record every request for later assertions.
 
 For a deleted (or VM-killed) browser the VM answers `404 browser_gone`, as the reference
 describes, or with `deleted_browser="502"` (`--deleted-browser 502`) a `502 bad_gateway`, as

@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
         default="gone",
         help="the VM's answer for a deleted or killed browser: 404 browser_gone, or a 502 (default: gone)",
     )
+    p.add_argument("--cp-tls", action="store_true", help="serve the CP over HTTPS too (the VM's CA)")
     p.add_argument("--quiet", action="store_true", help="do not log requests to stderr")
     return p
 
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         sse_count=args.sse_count,
         cert_dir=args.cert_dir,
         deleted_browser=args.deleted_browser,
+        cp_tls=args.cp_tls,
     ).start()
     try:
         ready = {

@@ -40,15 +40,15 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
-def _write_certs(directory: Path, vm_host: str) -> tuple[Path, ssl.SSLContext, ssl.SSLContext]:
-    """A throwaway CA (its cert written as vm-cert.pem, for clients to trust) and the VM's
-    leaf for `vm_host` and localhost: (cert path, server context, a client context trusting it)."""
+def _write_certs(directory: Path, *hosts: str) -> tuple[Path, ssl.SSLContext, ssl.SSLContext]:
+    """A throwaway CA (its cert written as vm-cert.pem, for clients to trust) and a leaf for
+    `hosts` and localhost: (cert path, server context, a client context trusting it)."""
     ca = trustme.CA()
     directory.mkdir(parents=True, exist_ok=True)
     cert_path = directory / "vm-cert.pem"
     ca.cert_pem.write_to_path(str(cert_path))
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert(vm_host, "localhost").configure_cert(server_ctx)
+    ca.issue_cert(*hosts, "localhost").configure_cert(server_ctx)
     server_ctx.set_alpn_protocols(["http/1.1"])  # no h2 here; tell clients early
     return cert_path, server_ctx, ssl.create_default_context(cafile=str(cert_path))
 
@@ -95,12 +95,14 @@ class Simulator:
         sse_count: int = 3,
         cert_dir: str | None = None,
         deleted_browser: str = "gone",
+        cp_tls: bool = False,
     ) -> None:
         require_loopback(cp_host)
         require_loopback(vm_host)
         self._state = State(vm_host, sse_interval, sse_count, deleted_browser)
         self.cp_host = cp_host
         self.vm_host = vm_host
+        self.cp_tls = cp_tls  # the CP over HTTPS too, like the live service, with the VM's CA
         self._hosts = {"cp": cp_host, "vm": vm_host}
         self._ports_req = {"cp": cp_port, "vm": vm_port}
         self._ports: dict[str, int] = {}
@@ -124,7 +126,8 @@ class Simulator:
             directory = Path(self._tmpdir)
         else:
             directory = Path(self._cert_dir)
-        self._cert_path, server_ctx, client_ctx = _write_certs(directory, self.vm_host)
+        hosts = (self.vm_host, self.cp_host) if self.cp_tls else (self.vm_host,)
+        self._cert_path, server_ctx, client_ctx = _write_certs(directory, *hosts)
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._thread = threading.Thread(target=_run_loop, args=(loop,), name="kernel-sim", daemon=True)
@@ -143,7 +146,7 @@ class Simulator:
         state.released.bind(asyncio.get_running_loop())
         self._cp = ControlPlane(state, client_ctx)
         await self._cp.open()
-        for side, ctx in (("vm", server_ctx), ("cp", None)):
+        for side, ctx in (("vm", server_ctx), ("cp", server_ctx if self.cp_tls else None)):
             sock = _bind(self._hosts[side], self._ports_req[side])
             port = int(sock.getsockname()[1])
             self._ports[side] = port
@@ -261,7 +264,7 @@ class Simulator:
 
     @property
     def cp_url(self) -> str:
-        return f"http://{self.cp_host}:{self.cp_port}"
+        return f"{'https' if self.cp_tls else 'http'}://{self.cp_host}:{self.cp_port}"
 
     @property
     def vm_url(self) -> str:
@@ -273,7 +276,7 @@ class Simulator:
 
     @property
     def cert_path(self) -> str:
-        """The CA certificate that clients trust for the VM (PEM)."""
+        """The CA certificate that clients trust for the VM, and the CP with cp_tls (PEM)."""
         if self._cert_path is None:
             raise RuntimeError("simulator not started")
         return str(self._cert_path)
