@@ -1,5 +1,5 @@
-"""The addon's parts driven hook by hook in mitmproxy's order with taddons/tflow: flow builders,
-the `Harness` (and its `h` fixture in conftest.py), the entry script wired as mitmdump wires it.
+"""The addon's parts driven hook by hook in mitmproxy's order with taddons/tflow: the `Harness`
+(and its `h` fixture in conftest.py), the entry script wired as mitmdump wires it.
 
 The fallback's real re-issue goes through `mitmproxy.addons.clientplayback.ReplayHandler`
 (network); here `addon.reissue.ReplayHandler` is replaced by a fake that answers without a
@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote
 
 import pytest
+from flows import browser, cp_flow, cp_response, json_response, view
+from known import API_KEY, CP_HOST, JWT, JWT2, JWT_SECRET_PART, ROOT, SID, VM_BASE, VM_HOST
 from mitmproxy import hooks, http
 from mitmproxy.addons.script import load_script
 from mitmproxy.flow import Error
@@ -28,131 +30,6 @@ from addon import chain
 from addon.recorder import METADATA_KEY, DecisionRecorder
 from addon.reissue import ControlPlaneFallback
 from addon.router import BrowserRouting
-
-ROOT = Path(__file__).resolve().parent.parent
-
-CP = "https://api.example.test"
-CP_HOST = "api.example.test"
-API_KEY = "sk-secret"
-SID = "sess-a1b2c3"
-SID2 = "sess-d4e5f6"
-JWT_SECRET_PART = "SIGNATURE-secret-part"
-JWT = f"eyJhbGciOiJIUzI1NiJ9.eyJzaWQiOiJzZXNzLWExYjJjMyJ9.{JWT_SECRET_PART}"
-JWT2 = "eyJhbGciOiJIUzI1NiJ9.eyJzaWQiOiJzZXNzLWQ0ZTVmNiJ9.OTHER-secret-part"
-VM_HOST = "proxy.iad.vm.test"
-VM_PORT = 8443
-VM_BASE = f"https://{VM_HOST}:{VM_PORT}/browser/kernel"
-GONE = {"code": "browser_gone", "message": "browser not found"}
-CP_BODY = {"events": [{"seq": 1, "type": "console"}], "source": "control-plane"}
-
-# Telemetry is routed explicitly, as the reference's tests do.
-TEST_OPTIONS: dict[str, Any] = {
-    "browserrouting_control_plane": CP,
-    "browserrouting_vm_hosts": "*.vm.test",
-    "browserrouting_subresources": "curl,telemetry,fs,process,computer",
-}
-
-
-# --------------------------------------------------------------------------- builders
-
-
-def cp_request(
-    method: str = "GET",
-    path: str = "/browsers",
-    *,
-    content: bytes = b"",
-    headers: tuple[tuple[str, str], ...] = (),
-    host: str = CP_HOST,
-    port: int = 443,
-    scheme: str = "https",
-    http2: bool = False,
-) -> http.Request:
-    """A client's request as mitmproxy parses it, with the API key in Authorization."""
-    default_port = 443 if scheme == "https" else 80
-    authority = host if port == default_port else f"{host}:{port}"
-    fields: list[tuple[bytes, bytes]] = [] if http2 else [(b"Host", authority.encode())]
-    fields += [
-        (b"Authorization", f"Bearer {API_KEY}".encode()),
-        (b"Accept", b"application/json"),
-        (b"User-Agent", b"kernel-python/0.131.0"),
-        (b"X-Trace", b"trace-1"),
-    ]
-    fields += [(k.encode(), v.encode()) for k, v in headers]
-    if content:
-        fields.append((b"Content-Length", str(len(content)).encode()))
-    return tutils.treq(
-        method=method.encode(),
-        scheme=scheme.encode(),
-        host=host,
-        port=port,
-        path=path.encode(),
-        authority=authority.encode() if http2 else b"",
-        http_version=b"HTTP/2.0" if http2 else b"HTTP/1.1",
-        headers=http.Headers(fields),
-        content=content,
-    )
-
-
-def cp_flow(method: str = "GET", path: str = "/browsers", **kwargs: Any) -> http.HTTPFlow:
-    return tflow.tflow(req=cp_request(method, path, **kwargs))
-
-
-def json_response(
-    status: int = 200,
-    body: object = None,
-    *,
-    content_type: str = "application/json",
-    headers: dict[str, str] | None = None,
-) -> http.Response:
-    return http.Response.make(
-        status, json.dumps(body).encode(), {"Content-Type": content_type, **(headers or {})}
-    )
-
-
-def gone_response(**kwargs: Any) -> http.Response:
-    return json_response(404, GONE, headers={"X-VM": "metro-proxy"}, **kwargs)
-
-
-def cp_response(status: int = 200, body: object = CP_BODY) -> http.Response:
-    return json_response(status, body, headers={"X-Served-By": "control-plane", "Set-Cookie": "cp=1"})
-
-
-def browser(
-    sid: str = SID,
-    *,
-    base_url: str = VM_BASE,
-    jwt: str = JWT,
-    name: str | None = None,
-    cdp_only: bool = False,
-) -> dict[str, Any]:
-    """A browser object as the CP returns it."""
-    obj: dict[str, Any] = {
-        "session_id": sid,
-        "base_url": base_url,
-        "cdp_ws_url": f"wss://{VM_HOST}:{VM_PORT}/browser/cdp?jwt={quote(jwt, safe='')}",
-        "created_at": "2025-01-01T00:00:00Z",
-        "headless": True,
-    }
-    if not cdp_only:
-        obj["jwt"] = jwt
-    if name is not None:
-        obj["name"] = name
-    return obj
-
-
-def view(response: http.Response, body: bytes | None = None) -> tuple[Any, ...]:
-    """What a client receives: status, reason, headers (in order) and raw bytes."""
-    return (
-        response.status_code,
-        response.reason,
-        tuple(response.headers.fields),
-        body if body is not None else response.raw_content,
-    )
-
-
-def query_of(url: str) -> list[tuple[str, str]]:
-    return parse_qsl(urlsplit(url).query, keep_blank_values=True)
-
 
 # --------------------------------------------------------------------------- harness
 

@@ -12,8 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from addon_harness import TEST_OPTIONS, Harness, Wired, assert_no_secrets, running, wired
+from addon_harness import Harness, Wired, assert_no_secrets, running, wired
 from hardening_support import ScriptedServer
+from known import TEST_OPTIONS
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
 

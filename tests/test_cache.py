@@ -8,26 +8,9 @@ import json
 import logging
 
 import pytest
-from addon_harness import (
-    CP,
-    CP_HOST,
-    JWT,
-    JWT2,
-    JWT_SECRET_PART,
-    SID,
-    SID2,
-    VM_BASE,
-    VM_HOST,
-    Harness,
-    Wired,
-    browser,
-    cp_flow,
-    decision,
-    json_response,
-    query_of,
-    record,
-    view,
-)
+from addon_harness import Harness, Wired, decision, record
+from flows import browser, cp_flow, json_response, query_of, view
+from known import CP, CP_HOST, JWT, JWT2, JWT_SECRET_PART, SID, SID2, VM_BASE, VM_HOST
 from mitmdump_runner import Mitmdump
 from mitmproxy import http
 from proxy_clients import client, vm_hits

@@ -4,7 +4,7 @@ JSON, the refusal of a base_url, and RouteCache by id and by name."""
 from __future__ import annotations
 
 import pytest
-from addon_harness import JWT, VM_BASE
+from known import JWT, VM_BASE
 
 from addon.routes import (
     Route,

@@ -11,16 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from addon_harness import (
-    CP_HOST,
-    JWT,
-    ROOT,
-    VM_BASE,
-    Wired,
-    decision,
-    wired,
-)
+from addon_harness import Wired, decision, wired
 from conftest import proxy_options
+from known import CP_HOST, JWT, ROOT, VM_BASE
 from mitmdump_runner import Mitmdump
 from mitmproxy import exceptions
 from mitmproxy.addons.script import load_script

@@ -10,26 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from addon_harness import (
-    API_KEY,
-    CP,
-    CP_HOST,
-    JWT,
-    JWT2,
-    JWT_SECRET_PART,
-    SID,
-    SID2,
-    VM_BASE,
-    Harness,
-    browser,
-    cp_flow,
-    gone_response,
-    json_response,
-    record,
-    routed,
-    secret_texts,
-    wired,
-)
+from addon_harness import Harness, record, routed, secret_texts, wired
+from flows import browser, cp_flow, gone_response, json_response
+from known import API_KEY, CP, CP_HOST, JWT, JWT2, JWT_SECRET_PART, SID, SID2, VM_BASE
 from mitmproxy import io as mitmio
 from mitmproxy.utils.emoji import emoji
 

@@ -11,21 +11,9 @@ import json
 import zlib
 
 import pytest
-from addon_harness import (
-    API_KEY,
-    CP,
-    GONE,
-    SID,
-    Harness,
-    browser,
-    cp_flow,
-    cp_response,
-    gone_response,
-    json_response,
-    record,
-    routed,
-    view,
-)
+from addon_harness import Harness, record, routed
+from flows import browser, cp_flow, cp_response, gone_response, json_response, view
+from known import API_KEY, CP, GONE, SID
 from mitmproxy import http
 
 from addon.fallback import MAX_GONE_BODY, is_browser_gone, no_fallback_reason

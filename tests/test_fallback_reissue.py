@@ -10,28 +10,9 @@ import json
 from collections.abc import Callable
 
 import pytest
-from addon_harness import (
-    API_KEY,
-    CP,
-    CP_HOST,
-    GONE,
-    JWT,
-    JWT2,
-    SID,
-    SID2,
-    VM_BASE,
-    Harness,
-    browser,
-    cp_flow,
-    cp_response,
-    gone_response,
-    json_response,
-    query_of,
-    record,
-    routed,
-    run_hook,
-    view,
-)
+from addon_harness import Harness, record, routed, run_hook
+from flows import browser, cp_flow, cp_response, gone_response, json_response, query_of, view
+from known import API_KEY, CP, CP_HOST, GONE, JWT, JWT2, SID, SID2, VM_BASE
 from mitmproxy import http
 from mitmproxy.addons import clientplayback
 from mitmproxy.flow import Error

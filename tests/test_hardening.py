@@ -202,6 +202,22 @@ def test_a_release_body_in_a_coding_that_is_not_http_evicts_nothing_and_reaches_
 # --------------------------------------------------------------------------- 3. brotli bombs
 
 
+def uninflated_request(
+    proxy: Mitmdump, method: str, url: str, headers: list[tuple[str, str]] | None = None, body: bytes = b""
+) -> RawAnswer:
+    """`raw_request` with a brotli bomb on one side: the answer comes within 5 s and the proxy's
+    memory, at its peak and after, grew by less than 200 MB (nothing inflated the bomb)."""
+    before = rss_mb(proxy)
+    got = raw_request(proxy, method, url, headers, body, timeout=60)
+    after = rss_mb(proxy)
+    assert got.seconds < 5, f"answered in {got.seconds:.1f} s"
+    assert after["VmHWM"] - before["VmHWM"] < 200, (
+        f"peak memory grew {after['VmHWM'] - before['VmHWM']:.0f} MB"
+    )
+    assert after["VmRSS"] - before["VmRSS"] < 200
+    return got
+
+
 def test_a_brotli_bomb_as_a_cp_answer_is_not_inflated(
     proxy: Mitmdump, cp: ScriptedServer, sim: Simulator
 ) -> None:
@@ -214,15 +230,8 @@ def test_a_brotli_bomb_as_a_cp_answer_is_not_inflated(
         f"/browsers/{sid}",
         Reply(200, [("Content-Type", "application/json"), ("Content-Encoding", "br")], bomb),
     )
-    before = rss_mb(proxy)
-    got = raw_request(proxy, "GET", f"{cp.url}/browsers/{sid}", timeout=60)
-    after = rss_mb(proxy)
+    got = uninflated_request(proxy, "GET", f"{cp.url}/browsers/{sid}")
     assert_untouched(got, cp.seen(f"/browsers/{sid}")[-1].reply)
-    assert got.seconds < 5, f"answered in {got.seconds:.1f} s"
-    assert after["VmHWM"] - before["VmHWM"] < 200, (
-        f"peak memory grew {after['VmHWM'] - before['VmHWM']:.0f} MB"
-    )
-    assert after["VmRSS"] - before["VmRSS"] < 200
     assert cache_changes(proxy, sid) == []
     assert crashes(proxy, since) == []
 
@@ -236,16 +245,10 @@ def test_a_brotli_bomb_as_a_release_body_is_not_inflated(
     cp.on("/browser_pools/p2/release", Reply(204, [], b""))
     bomb = brotli_bomb(json.dumps({"session_id": sid}).encode())
     headers = [AUTH, ("Content-Type", "application/json"), ("Content-Encoding", "br")]
-    before = rss_mb(proxy)
-    got = raw_request(proxy, "POST", f"{cp.url}/browser_pools/p2/release", headers, bomb, timeout=60)
-    after = rss_mb(proxy)
+    got = uninflated_request(proxy, "POST", f"{cp.url}/browser_pools/p2/release", headers, bomb)
     seen = cp.seen("/browser_pools/p2/release")[-1]
     assert_untouched(got, seen.reply)
-    assert got.seconds < 5, f"answered in {got.seconds:.1f} s"
     assert seen.body == bomb
-    assert after["VmHWM"] - before["VmHWM"] < 200, (
-        f"peak memory grew {after['VmHWM'] - before['VmHWM']:.0f} MB"
-    )
     assert cache_changes(proxy, sid) == ["route_cached"]
     assert_routed(proxy, cp, sim, sid)
     assert crashes(proxy, since) == []

@@ -46,6 +46,13 @@ def inject(proxy: Mitmdump, *rules: str) -> None:
         proxy.command("browserrouting.inject", rule)
 
 
+def browser_with_rule(proxy: Mitmdump, sim: Simulator, answer: str) -> str:
+    """A new browser, and a rule that answers its session with `answer` (`kind` or `kind:count`)."""
+    sid = new_browser(proxy, sim)
+    inject(proxy, f"{sid}={answer}")
+    return sid
+
+
 def rule_list(proxy: Mitmdump) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = json.loads(proxy.command("browserrouting.inject.list"))
     return listed
@@ -69,8 +76,7 @@ def assert_injected(got: Answer, kind: str) -> None:
 def test_every_kind_answers_its_status_and_json_body_without_reaching_the_vm(
     web: Mitmdump, fresh_sim: Simulator, kind: str
 ) -> None:
-    sid = new_browser(web, fresh_sim)
-    inject(web, f"{sid}={kind}")
+    sid = browser_with_rule(web, fresh_sim, kind)
     for client in ("httpx", "curl"):
         assert_injected(send(client, web, url(fresh_sim, sid, "fs/read_file?path=/k")), kind)
     assert vm_hits(fresh_sim) == [] and cp_hits(fresh_sim, "fs/read_file") == []
@@ -87,8 +93,7 @@ def test_every_kind_answers_its_status_and_json_body_without_reaching_the_vm(
 def test_other_kinds_on_an_eligible_get_take_the_no_fallback_path(
     web: Mitmdump, fresh_sim: Simulator, kind: str, reason: str
 ) -> None:
-    sid = new_browser(web, fresh_sim)
-    inject(web, f"{sid}={kind}")
+    sid = browser_with_rule(web, fresh_sim, kind)
     assert_injected(send("httpx", web, url(fresh_sim, sid, "telemetry/events")), kind)
     assert vm_hits(fresh_sim) == [] and cp_hits(fresh_sim, "telemetry/events") == []
     [record] = flow_records(web, sid, 1)
@@ -99,8 +104,7 @@ def test_other_kinds_on_an_eligible_get_take_the_no_fallback_path(
 def test_reset_closes_the_connection_without_an_answer(
     web: Mitmdump, fresh_sim: Simulator, client: str
 ) -> None:
-    sid = new_browser(web, fresh_sim)
-    inject(web, f"{sid}=reset")
+    sid = browser_with_rule(web, fresh_sim, "reset")
     for tail in ("fs/read_file?path=/r", "telemetry/events"):
         got = send(client, web, url(fresh_sim, sid, tail))
         assert got.status is None, got
@@ -123,8 +127,7 @@ def test_reset_closes_the_connection_without_an_answer(
 def test_injected_gone_on_an_eligible_get_runs_the_fallback_end_to_end(
     web: Mitmdump, fresh_sim: Simulator, client: str
 ) -> None:
-    sid = new_browser(web, fresh_sim)
-    inject(web, f"{sid}=gone")
+    sid = browser_with_rule(web, fresh_sim, "gone")
     events = url(fresh_sim, sid, "telemetry/events?limit=2&offset=0")
     got = send(client, web, events)
     assert got.status == 200 and [e["id"] for e in got.json()] == [f"cp-{sid}-1", f"cp-{sid}-2"]
@@ -159,8 +162,7 @@ def test_injected_gone_on_an_eligible_get_runs_the_fallback_end_to_end(
 def test_injected_gone_elsewhere_reaches_the_client_and_keeps_the_route(
     web: Mitmdump, fresh_sim: Simulator, method: str, tail: str, reason: str
 ) -> None:
-    sid = new_browser(web, fresh_sim)
-    inject(web, f"{sid}=gone:1")
+    sid = browser_with_rule(web, fresh_sim, "gone:1")
     body = b'{"command": "true"}' if method == "POST" else b""
     assert_injected(send("curl", web, url(fresh_sim, sid, tail), method, body), "gone")
     assert vm_hits(fresh_sim) == [] and cp_hits(fresh_sim, tail.partition("?")[0]) == []
@@ -177,8 +179,7 @@ def test_injected_gone_elsewhere_reaches_the_client_and_keeps_the_route(
 def test_a_count_answers_that_many_requests_then_the_vm_answers_again(
     web: Mitmdump, fresh_sim: Simulator
 ) -> None:
-    sid = new_browser(web, fresh_sim)
-    inject(web, f"{sid}=503:2")
+    sid = browser_with_rule(web, fresh_sim, "503:2")
     lefts = [rule_list(web)[0]["left"]]
     statuses = []
     for _ in range(3):

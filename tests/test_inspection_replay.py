@@ -21,20 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-from addon_harness import (
-    CP,
-    SID,
-    Harness,
-    Wired,
-    browser,
-    cp_flow,
-    cp_request,
-    decision,
-    gone_response,
-    record,
-    routed,
-)
+from addon_harness import Harness, Wired, decision, record, routed
 from conftest import proxy_options
+from flows import browser, cp_flow, cp_request, gone_response
+from known import CP, SID
 from mitmdump_runner import ENTRY, Mitmdump
 from mitmproxy import http, io
 from mitmproxy.test import tflow

@@ -10,23 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from addon_harness import (
-    CP,
-    CP_HOST,
-    ROOT,
-    SID,
-    TEST_OPTIONS,
-    Harness,
-    browser,
-    cp_flow,
-    gone_response,
-    json_response,
-    record,
-    routed,
-    running,
-    wired,
-)
+from addon_harness import Harness, record, routed, running, wired
 from conftest import proxy_options
+from flows import browser, cp_flow, gone_response, json_response
+from known import CP, CP_HOST, ROOT, SID, TEST_OPTIONS
 from mitmdump_runner import Mitmdump
 from mitmproxy import exceptions
 from mitmproxy.addons.script import load_script

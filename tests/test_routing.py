@@ -10,24 +10,10 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from addon_harness import (
-    API_KEY,
-    JWT,
-    JWT_SECRET_PART,
-    SID,
-    VM_BASE,
-    VM_HOST,
-    VM_PORT,
-    Harness,
-    browser,
-    cp_flow,
-    json_response,
-    query_of,
-    record,
-    routed,
-    view,
-)
+from addon_harness import Harness, record, routed
 from conftest import proxy_options
+from flows import browser, cp_flow, json_response, query_of, view
+from known import API_KEY, JWT, JWT_SECRET_PART, SID, VM_BASE, VM_HOST, VM_PORT
 from mitmdump_runner import Mitmdump
 from mitmproxy import http
 from proxy_clients import API_KEY as LIVE_API_KEY

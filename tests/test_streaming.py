@@ -8,19 +8,10 @@ import json
 from typing import Any
 
 import pytest
-from addon_harness import (
-    SID,
-    Harness,
-    cp_flow,
-    cp_response,
-    gone_response,
-    json_response,
-    record,
-    routed,
-    run_hook,
-    view,
-)
+from addon_harness import Harness, record, routed, run_hook
 from conftest import proxy_options
+from flows import cp_flow, cp_response, gone_response, json_response, view
+from known import SID
 from mitmdump_runner import Mitmdump
 from mitmproxy import http
 from proxy_clients import client, create_browser, requests_to
