@@ -12,7 +12,10 @@ and a POST `process/exec`). `wrk` with scripts/bench_wrk.lua sends it (`scripts/
 keep-alive connections does. Requests are counted at the servers (the simulator's records,
 by the X-Bench-Proxy header each request carries), in consecutive windows of one continuous
 run, so machine noise hits the three proxies alike: the table gives the median [min-max] of
-the per-window ratios.
+the per-window ratios. It runs twice: against the simulator's CP over plain HTTP, where a
+routed request costs the addon a TLS exchange with the VM that plain mitmdump leaves to the
+CP, and against its CP over HTTPS (`cp_tls`, absolute-form `https://` targets), as the live
+service is served, where both proxies pay TLS upstream for every request.
 
 Memory: RSS of mitmdump+addon fed 100,000 routes (400 CP list pages of 250 browsers whose
 cdp_ws_url jwt is 175 characters, from a loopback CP of the bench's own) minus RSS of a
@@ -53,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_base import AUTH, ROOT, SUBRESOURCES, Figure, Pinning, Setup, started
 from bench_fleet import Fleet, quiet_dropped_connections
+from bench_instructions import instruction_figures
 from bench_latency import latency_figures
 from bench_routes import memory_figures, routes_file_figure
 from bench_throughput import cp_label, throughput
@@ -113,21 +117,24 @@ def describe(load: str, pinning: Pinning) -> list[str]:
     ]
 
 
-def three_proxies(sim: Simulator) -> dict[str, Mitmdump]:
-    """Plain mitmdump, the empty-hook script and the addon (no decision log), all trusting the
-    simulator's CA."""
-    trust = {"ssl_verify_upstream_trusted_ca": sim.cert_path}
-    addon_options = {
+def addon_options(sim: Simulator) -> dict[str, str]:
+    """The addon pointed at the simulator, with no decision log."""
+    return {
         "browserrouting_control_plane": sim.cp_url,
         "browserrouting_vm_hosts": sim.vm_host,
         "browserrouting_subresources": SUBRESOURCES,
         "browserrouting_log": "",
-        **trust,
+        "ssl_verify_upstream_trusted_ca": sim.cert_path,
     }
+
+
+def three_proxies(sim: Simulator) -> dict[str, Mitmdump]:
+    """Plain mitmdump, the empty-hook script and the addon, all trusting the simulator's CA."""
+    trust = {"ssl_verify_upstream_trusted_ca": sim.cert_path}
     return {
         "plain": Mitmdump(trust, with_addon=False),
         "empty": Mitmdump(trust, with_addon=False, extra_args=("-s", str(EMPTY_HOOKS))),
-        "addon": Mitmdump(addon_options),
+        "addon": Mitmdump(addon_options(sim)),
     }
 
 
@@ -143,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--load", choices=("auto", "wrk", "python"), default="auto",
         help="load generator: wrk, the Python fallback, or wrk when installed (default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="also count instructions a request under valgrind (slow; scripts/setup --bench installs it)",
     )  # fmt: skip
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     args = parser.parse_args(argv)
@@ -182,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not cp_tls:
                     progress("latency: routed, fallback, SSE, 50 concurrent fallbacks")
                     figures += latency_figures(setup, sim, proxies["plain"], proxies["addon"], sid)
+            if args.instructions and not cp_tls:
+                progress("instructions: plain, empty hooks, addon under callgrind, one after the other")
+                figures += instruction_figures(sim, addon_options(sim), EMPTY_HOOKS)
     fleet = Fleet()
     try:
         progress(f"memory and lookup: {setup.routes:,} routes")
@@ -197,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             for cp in ("HTTP", "HTTPS")
             for who in ("addon", "empty hooks")
         ),
+        *("instructions, plain / addon", "instructions, plain / empty"),
         *("memory", "routes file", "routed", "fallback", "50 "),
     ]
     figures.sort(key=lambda f: next((i for i, p in enumerate(order) if f.name.startswith(p)), len(order)))

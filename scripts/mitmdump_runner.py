@@ -46,6 +46,7 @@ class Mitmdump:
         tool: str = "mitmdump",
         extra_args: tuple[str, ...] = (),
         with_addon: bool = True,
+        wrapper: tuple[str, ...] = (),  # a command to run it under (valgrind, for the bench)
     ):
         self.workdir = Path(tempfile.mkdtemp(prefix="browserrouting-"))
         self.log_path = self.workdir / "decisions.jsonl"
@@ -53,6 +54,7 @@ class Mitmdump:
         if with_addon:
             self.options.setdefault("browserrouting_log", str(self.log_path))
         self.with_addon = with_addon
+        self.wrapper = wrapper
         self.tool = tool
         if tool == "mitmweb":  # its UI on loopback too, on a free port (it cannot take port 0)
             web = {"web_host": "127.0.0.1", "web_port": str(free_port()), "web_open_browser": "false"}
@@ -81,7 +83,7 @@ class Mitmdump:
         for name, value in self.options.items():
             args += ["--set", f"{name}={value}"]
         self.process = subprocess.Popen(
-            [*args, *self.extra_args],
+            [*self.wrapper, *args, *self.extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

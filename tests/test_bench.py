@@ -96,8 +96,27 @@ def test_quick_bench_measures_a_routing_addon_against_proxies_that_route_nothing
 def test_bench_help_names_its_options() -> None:
     done = bench("--help", timeout=60)
     assert done.returncode == 0
-    for option in ("--quick", "--windows", "--load", "--strict"):
+    for option in ("--quick", "--windows", "--load", "--instructions", "--strict"):
         assert option in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
+def test_instruction_counts_find_the_addon_dearer_than_plain_mitmdump(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bench
+    import bench_instructions
+
+    monkeypatch.setattr(bench_instructions, "ROUNDS", 2)
+    with Simulator() as sim:
+        addon, empty = bench_instructions.instruction_figures(
+            sim, bench.addon_options(sim), bench.EMPTY_HOOKS
+        )
+    # plain / addon and plain / empty: both proxies run more code than plain mitmdump, the addon most
+    assert 0.8 < addon.value < empty.value < 1.0, (addon.text(), empty.text(), addon.detail)
+    assert re.fullmatch(
+        r"plain [\d.]+ M, empty [\d.]+ M, addon [\d.]+ M instructions a request", addon.detail
+    )
 
 
 GENERATORS = [
