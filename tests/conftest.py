@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from addon_harness import Harness, Wired, assert_no_secrets, running, wired
-from hardening_support import ScriptedServer
+from hardening_support import ScriptedServer, crashes
 from known import TEST_OPTIONS
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
@@ -43,6 +43,14 @@ def proxy_options(sim: Simulator, **extra: str) -> dict[str, str]:
         "ssl_verify_upstream_trusted_ca": str(sim.cert_path),
         **extra,
     }
+
+
+@pytest.fixture
+def no_hook_raises(proxy: Mitmdump) -> Iterator[None]:
+    """For modules that mark every test with it: no hook of the addon raised meanwhile."""
+    since = len(proxy.output)
+    yield
+    assert crashes(proxy, since) == []
 
 
 @pytest.fixture(scope="module")

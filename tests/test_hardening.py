@@ -4,7 +4,8 @@ Defects 1 to 5 of the hardening issue, each through a real mitmdump with the add
 list page, content codings that are not HTTP codings, brotli bombs, strings that cannot be
 encoded, a base_url with port 0. The control plane is a scripted loopback server
 (`hardening_support.ScriptedServer`) that sends these bodies byte for byte; routed requests
-go to the simulator's VM. Defects 6 to 9 are in test_hardening_flows.py.
+go to the simulator's VM. Defects 6 to 9 are in test_hardening_flows.py. Every test also
+holds that no hook of the addon raised meanwhile (`no_hook_raises`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from mitmdump_runner import Mitmdump
 from proxy_clients import cache_changes
 from simulator import Simulator
 from soak import rss_mb
+
+pytestmark = pytest.mark.usefixtures("no_hook_raises")
 
 MB = 1024 * 1024
 
@@ -166,7 +169,6 @@ NOT_HTTP_CODINGS = ["rot13", "utf-8", "base64"]
 def test_a_cp_answer_in_a_coding_that_is_not_http_teaches_nothing_and_passes_untouched(
     proxy: Mitmdump, cp: ScriptedServer, sim: Simulator, coding: str
 ) -> None:
-    since = len(proxy.output)
     sid = f"coded-{coding}"
     body = in_coding(coding, json.dumps(browser(sid, sim.base_url)))
     cp.on(
@@ -177,14 +179,12 @@ def test_a_cp_answer_in_a_coding_that_is_not_http_teaches_nothing_and_passes_unt
     assert_untouched(got, cp.seen(f"/browsers/{sid}")[-1].reply)
     assert cache_changes(proxy, sid) == []
     assert_passes_through(proxy, cp, sid)
-    assert crashes(proxy, since) == []
 
 
 @pytest.mark.parametrize("coding", NOT_HTTP_CODINGS)
 def test_a_release_body_in_a_coding_that_is_not_http_evicts_nothing_and_reaches_the_cp_as_sent(
     proxy: Mitmdump, cp: ScriptedServer, sim: Simulator, coding: str
 ) -> None:
-    since = len(proxy.output)
     sid = f"release-{coding}"
     teach(proxy, cp, sim, sid)
     cp.on("/browser_pools/p1/release", Reply(204, [], b""))
@@ -196,7 +196,6 @@ def test_a_release_body_in_a_coding_that_is_not_http_evicts_nothing_and_reaches_
     assert seen.body == body and seen.header("Content-Encoding") == [coding]
     assert cache_changes(proxy, sid) == ["route_cached"]
     assert_routed(proxy, cp, sim, sid)
-    assert crashes(proxy, since) == []
 
 
 # --------------------------------------------------------------------------- 3. brotli bombs
@@ -222,7 +221,6 @@ def test_a_brotli_bomb_as_a_cp_answer_is_not_inflated(
     proxy: Mitmdump, cp: ScriptedServer, sim: Simulator
 ) -> None:
     """1.1 GiB of JSON whitespace after a valid browser: read in full, it would teach a route."""
-    since = len(proxy.output)
     sid = "bomb-answer"
     bomb = brotli_bomb(json.dumps(browser(sid, sim.base_url)).encode())
     assert len(bomb) < 16 * 1024
@@ -233,13 +231,11 @@ def test_a_brotli_bomb_as_a_cp_answer_is_not_inflated(
     got = uninflated_request(proxy, "GET", f"{cp.url}/browsers/{sid}")
     assert_untouched(got, cp.seen(f"/browsers/{sid}")[-1].reply)
     assert cache_changes(proxy, sid) == []
-    assert crashes(proxy, since) == []
 
 
 def test_a_brotli_bomb_as_a_release_body_is_not_inflated(
     proxy: Mitmdump, cp: ScriptedServer, sim: Simulator
 ) -> None:
-    since = len(proxy.output)
     sid = "bomb-release"
     teach(proxy, cp, sim, sid)
     cp.on("/browser_pools/p2/release", Reply(204, [], b""))
@@ -251,7 +247,6 @@ def test_a_brotli_bomb_as_a_release_body_is_not_inflated(
     assert seen.body == bomb
     assert cache_changes(proxy, sid) == ["route_cached"]
     assert_routed(proxy, cp, sim, sid)
-    assert crashes(proxy, since) == []
 
 
 # --------------------------------------------------------------------------- 4. unencodable strings
@@ -261,7 +256,6 @@ def test_a_brotli_bomb_as_a_release_body_is_not_inflated(
 def test_a_route_with_a_lone_surrogate_is_refused_and_the_rest_of_the_list_is_learned(
     proxy: Mitmdump, cp: ScriptedServer, sim: Simulator, field: str
 ) -> None:
-    since = len(proxy.output)
     first, bad, last = f"sur-{field}-a", f"sur-{field}-b", f"sur-{field}-c"
     jwts = {sid: sim.jwt_for(sim.create_browser()["session_id"]) for sid in (first, bad, last)}
     page = [browser(sid, sim.base_url, jwts[sid]) for sid in (first, bad, last)]
@@ -282,7 +276,6 @@ def test_a_route_with_a_lone_surrogate_is_refused_and_the_rest_of_the_list_is_le
     if field == "jwt":  # never half-routed: the session's requests go to the CP as sent
         assert cache_changes(proxy, bad) == ["route_refused"]
         assert_passes_through(proxy, cp, bad)
-    assert crashes(proxy, since) == []
 
 
 # --------------------------------------------------------------------------- 5. port 0
@@ -292,7 +285,6 @@ def test_a_route_with_a_lone_surrogate_is_refused_and_the_rest_of_the_list_is_le
 def test_a_base_url_with_port_0_or_none_is_refused_and_its_session_passes_through(
     proxy: Mitmdump, cp: ScriptedServer, sim: Simulator, port: str
 ) -> None:
-    since = len(proxy.output)
     sid = f"port{port.strip(':') or '-empty'}"
     jwt = sim.jwt_for(sim.create_browser()["session_id"])
     cp.on(f"/browsers/{sid}", Reply.json(browser(sid, f"https://{sim.vm_host}{port}/browser/kernel", jwt)))
@@ -301,4 +293,3 @@ def test_a_base_url_with_port_0_or_none_is_refused_and_its_session_passes_throug
     assert [r["reason"] for r in refused] == ["base_url"]
     assert cache_changes(proxy, sid) == ["route_refused"]
     assert_passes_through(proxy, cp, sid)
-    assert crashes(proxy, since) == []
