@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 
+@functools.lru_cache(maxsize=256)  # the same browsers are read again and again (GET /browsers/{id})
 def pack_jwt(jwt: str) -> bytes | str:
     """A jwt's base64url parts as raw bytes, each after its 2-byte length: about a quarter
     smaller, and a cache may hold 100,000 of them. The jwt itself when it would not come
@@ -74,6 +75,7 @@ def redact(secret: str) -> str:
     return secret[: min(6, len(secret) // 3)] + "…" if secret else ""
 
 
+@functools.lru_cache(maxsize=256)
 def jwt_from_cdp_ws_url(cdp_ws_url: str) -> str | None:
     try:
         values = parse_qs(urlsplit(cdp_ws_url).query).get("jwt")
