@@ -64,6 +64,7 @@ from mitmdump_runner import Mitmdump
 from simulator import Simulator
 
 EMPTY_HOOKS = Path(__file__).resolve().parent / "empty_hooks.py"
+CPS = ("CP over HTTP", "CP over HTTPS")  # as cp_label names them
 
 
 def print_table(figures: list[Figure], header: list[str], notes: list[str]) -> None:
@@ -193,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not cp_tls:
                     progress("latency: routed, fallback, SSE, 50 concurrent fallbacks")
                     figures += latency_figures(setup, sim, proxies["plain"], proxies["addon"], sid)
-            if args.instructions and not cp_tls:
-                progress("instructions: plain, empty hooks, addon under callgrind, one after the other")
-                figures += instruction_figures(sim, addon_options(sim), EMPTY_HOOKS)
+            if args.instructions:
+                progress(f"instructions, {cp_label(sim)}: the three proxies under callgrind, the same load")
+                figures += instruction_figures(setup, sim, three_proxies(sim), sid)
     fleet = Fleet()
     try:
         progress(f"memory and lookup: {setup.routes:,} routes")
@@ -206,12 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         fleet.close()
     order = [
-        *(
-            f"throughput, {who} / plain (CP over {cp},"
-            for cp in ("HTTP", "HTTPS")
-            for who in ("addon", "empty hooks")
-        ),
-        *("instructions, plain / addon", "instructions, plain / empty"),
+        *(f"throughput, {who} / plain ({cp}," for cp in CPS for who in ("addon", "empty hooks")),
+        *(f"instructions, plain / {who} ({cp}," for cp in CPS for who in ("addon", "empty hooks")),
         *("memory", "routes file", "routed", "fallback", "50 "),
     ]
     figures.sort(key=lambda f: next((i for i, p in enumerate(order) if f.name.startswith(p)), len(order)))

@@ -1,81 +1,98 @@
-"""The instructions a request costs each proxy, counted by valgrind's callgrind over the bench's
-mix sent one request at a time: a reading of the throughput figure that does not move between
-runs, where the live ratio moves by several percent on a small machine (`bench.py --instructions`)."""
+"""The instructions a request costs each proxy, counted by valgrind's callgrind under the
+throughput figure's own load (the mix, the same generator and connections, three proxies at
+once), requests counted at the servers: a reading of the throughput ratio that does not move
+between runs, where the live ratio moves by several percent on a small machine
+(`bench.py --instructions`)."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import httpx
-from bench_base import AUTH, Figure
-from bench_load import request_mix
+from bench_base import Figure, Setup
+from bench_load import LoadGenerator, mix_text, request_mix
+from bench_throughput import cp_label, served_by_proxy
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
 
-ROUNDS = 10  # of the 20-request mix, counted after one round of warm-up
+NAMES = ("plain", "empty", "addon")
+WARMUP = 8.0  # seconds of load before counting: valgrind translates the code paths first
+COUNTED = 40.0  # seconds counted: some 500 requests a proxy under valgrind
 START_TIMEOUT = 180.0  # seconds: mitmproxy starts slowly under valgrind
 
 
-def counted(proxy: Mitmdump, sim: Simulator, out: Path) -> float:
-    """Instructions per request of `proxy` (started under callgrind, counting off) over the mix."""
-    assert proxy.process is not None
-    pid = str(proxy.process.pid)
-    with httpx.Client(proxy=proxy.url, headers=AUTH, trust_env=False, timeout=60) as client:
-        sid = client.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]  # the addon learns it
-        mix = request_mix(sim.cp_url, sid)
+def callgrind(pid: int, *switch: str) -> None:
+    subprocess.run(["callgrind_control", *switch, str(pid)], check=True, capture_output=True)
 
-        def send(rounds: int) -> None:
-            for _ in range(rounds):
-                for method, url, body in mix:
-                    json_body = {"Content-Type": "application/json"} if body else {}
-                    client.request(method, url, content=body.encode() or None, headers=json_body)
 
-        send(1)
-        subprocess.run(["callgrind_control", "--instr=on", pid], check=True, capture_output=True)
-        send(ROUNDS)
-        subprocess.run(["callgrind_control", "--instr=off", pid], check=True, capture_output=True)
-        subprocess.run(["callgrind_control", "--dump", pid], check=True, capture_output=True)
-    totals = [
+def total_instructions(out: Path) -> int:
+    """Instructions counted while counting was on: the largest total of the dumps."""
+    return max(
         int(line.split()[1])
         for dump in out.parent.glob(out.name + "*")
         for line in dump.read_text().splitlines()
         if line.startswith(("summary:", "totals:"))
-    ]
-    return max(totals) / (ROUNDS * len(mix))
+    )
 
 
-def instruction_figures(sim: Simulator, addon_options: dict[str, str], empty_hooks: Path) -> list[Figure]:
-    """Plain mitmdump, the empty-hook script and the addon, one after the other."""
+@contextmanager
+def under_callgrind(proxies: dict[str, Mitmdump], workdir: Path) -> Iterator[dict[str, Path]]:
+    """The proxies started under callgrind with counting off; where each writes its counts."""
+    outs = {name: workdir / f"{name}.out" for name in proxies}
+    with ExitStack() as stack:
+        for name, proxy in proxies.items():
+            proxy.wrapper = (
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={outs[name]}",
+            )
+            stack.callback(proxy.cleanup)
+            proxy.start(timeout=START_TIMEOUT)
+        yield outs
+
+
+def instruction_figures(setup: Setup, sim: Simulator, proxies: dict[str, Mitmdump], sid: str) -> list[Figure]:
+    """`proxies` (plain, empty, addon; not started) under callgrind, loaded as the throughput is."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise RuntimeError("valgrind is not installed (scripts/setup --bench installs it)")
-    trust = {"ssl_verify_upstream_trusted_ca": sim.cert_path}
     workdir = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
-
-    def under_callgrind(name: str) -> tuple[Mitmdump, Path]:
-        out = workdir / f"{name}.out"
-        wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
-        if name == "addon":
-            return Mitmdump(addon_options, wrapper=wrapper), out
-        script = ("-s", str(empty_hooks)) if name == "empty" else ()
-        return Mitmdump(trust, with_addon=False, extra_args=script, wrapper=wrapper), out
-
-    per_request = {}
+    mix_file = workdir / "mix.txt"
+    mix_file.write_text(mix_text(request_mix(sim.cp_url, sid)))
+    seconds = math.ceil(WARMUP + COUNTED + 5)
     try:
-        for name in ("plain", "empty", "addon"):
-            proxy, out = under_callgrind(name)
+        with under_callgrind(proxies, workdir) as outs:
+            generators = [
+                LoadGenerator(setup.load, proxies[n], n, mix_file, seconds, setup.connections) for n in NAMES
+            ]
             try:
-                per_request[name] = counted(proxy.start(timeout=START_TIMEOUT), sim, out)
+                time.sleep(WARMUP)
+                for name in NAMES:
+                    callgrind(_pid(proxies[name]), "--instr=on")
+                sim.reset()
+                time.sleep(COUNTED)
+                served = served_by_proxy(sim.stats())[0]
+                for name in NAMES:
+                    callgrind(_pid(proxies[name]), "--instr=off")
+                    callgrind(_pid(proxies[name]), "--dump")
             finally:
-                proxy.cleanup()
+                for g in generators:
+                    g.stop()
+            per_request = {n: total_instructions(outs[n]) / max(1, served[n]) for n in NAMES}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    detail = ", ".join(f"{n} {v / 1e6:.2f} M" for n, v in per_request.items()) + " instructions a request"
+    label = f"({cp_label(sim)}, callgrind)"
+    detail = ", ".join(f"{n} {v / 1e6:.2f} M" for n, v in per_request.items())
+    detail += " instructions a request; requests " + ", ".join(f"{n} {served[n]}" for n in NAMES)
     return [
         Figure(
-            "instructions, plain / addon (callgrind, one client)",
+            f"instructions, plain / addon {label}",
             [per_request["plain"] / per_request["addon"]],
             "x",
             ">= 0.97",
@@ -83,10 +100,15 @@ def instruction_figures(sim: Simulator, addon_options: dict[str, str], empty_hoo
             detail,
         ),
         Figure(
-            "instructions, plain / empty hooks (callgrind, one client)",
+            f"instructions, plain / empty hooks {label}",
             [per_request["plain"] / per_request["empty"]],
             "x",
             "~0.99 (reference: 0.96-1.02)",
             lambda v: 0.96 <= v <= 1.02,
         ),
     ]
+
+
+def _pid(proxy: Mitmdump) -> int:
+    assert proxy.process is not None
+    return proxy.process.pid

@@ -101,22 +101,35 @@ def test_bench_help_names_its_options() -> None:
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
-def test_instruction_counts_find_the_addon_dearer_than_plain_mitmdump(
+def test_instruction_counts_come_from_the_same_load_counted_at_the_servers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import bench
     import bench_instructions
+    from bench_base import Pinning, Setup
 
-    monkeypatch.setattr(bench_instructions, "ROUNDS", 2)
+    monkeypatch.setattr(bench_instructions, "WARMUP", 4.0)
+    monkeypatch.setattr(bench_instructions, "COUNTED", 10.0)
+    load = "wrk" if shutil.which("wrk") else "python"
+    setup = Setup(
+        quick=True, windows=1, window_seconds=1.0, connections=4, load=load,
+        rounds=1, samples=1, routes=1, file_routes=1, pinning=Pinning(),
+    )  # fmt: skip
     with Simulator() as sim:
-        addon, empty = bench_instructions.instruction_figures(
-            sim, bench.addon_options(sim), bench.EMPTY_HOOKS
-        )
-    # plain / addon and plain / empty: both proxies run more code than plain mitmdump, the addon most
-    assert 0.8 < addon.value < empty.value < 1.0, (addon.text(), empty.text(), addon.detail)
-    assert re.fullmatch(
-        r"plain [\d.]+ M, empty [\d.]+ M, addon [\d.]+ M instructions a request", addon.detail
+        sid = sim.create_browser()["session_id"]
+        addon, empty = bench_instructions.instruction_figures(setup, sim, bench.three_proxies(sim), sid)
+    found = re.fullmatch(
+        r"plain ([\d.]+) M, empty ([\d.]+) M, addon ([\d.]+) M instructions a request; "
+        r"requests plain (\d+), empty (\d+), addon (\d+)",
+        addon.detail,
     )
+    assert found is not None, addon.detail
+    millions, served = [float(x) for x in found.groups()[:3]], [int(x) for x in found.groups()[3:]]
+    assert all(3 < m < 30 for m in millions), "a proxied request takes millions of instructions"
+    assert all(n >= 20 for n in served), "each proxy served the load while counted"
+    assert addon.value == pytest.approx(millions[0] / millions[2], abs=0.002)
+    assert empty.value == pytest.approx(millions[0] / millions[1], abs=0.002)
+    assert "CP over HTTP, callgrind" in addon.name
 
 
 GENERATORS = [
