@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures += latency_figures(setup, sim, proxies["plain"], proxies["addon"], sid)
             if args.instructions:
                 progress(f"instructions, {cp_label(sim)}: the three proxies under callgrind, the same load")
-                figures += instruction_figures(setup, sim, three_proxies(sim), sid)
+                figures += instruction_figures(load, setup.connections, sim, three_proxies(sim), sid)
     fleet = Fleet()
     try:
         progress(f"memory and lookup: {setup.routes:,} routes")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from bench_base import Figure, Setup
+from bench_base import Figure
 from bench_load import LoadGenerator, mix_text, request_mix
 from bench_throughput import cp_label, served_by_proxy
 from mitmdump_runner import Mitmdump
@@ -58,8 +58,11 @@ def under_callgrind(proxies: dict[str, Mitmdump], workdir: Path) -> Iterator[dic
         yield outs
 
 
-def instruction_figures(setup: Setup, sim: Simulator, proxies: dict[str, Mitmdump], sid: str) -> list[Figure]:
-    """`proxies` (plain, empty, addon; not started) under callgrind, loaded as the throughput is."""
+def instruction_figures(
+    load: str, connections: int, sim: Simulator, proxies: dict[str, Mitmdump], sid: str
+) -> list[Figure]:
+    """`proxies` (plain, empty, addon; not started) under callgrind, loaded as the throughput is:
+    `load` (wrk or python) over `connections` connections each."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise RuntimeError("valgrind is not installed (scripts/setup --bench installs it)")
     workdir = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
@@ -68,9 +71,7 @@ def instruction_figures(setup: Setup, sim: Simulator, proxies: dict[str, Mitmdum
     seconds = math.ceil(WARMUP + COUNTED + 5)
     try:
         with under_callgrind(proxies, workdir) as outs:
-            generators = [
-                LoadGenerator(setup.load, proxies[n], n, mix_file, seconds, setup.connections) for n in NAMES
-            ]
+            generators = [LoadGenerator(load, proxies[n], n, mix_file, seconds, connections) for n in NAMES]
             try:
                 time.sleep(WARMUP)
                 for name in NAMES:

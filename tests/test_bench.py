@@ -106,18 +106,13 @@ def test_instruction_counts_come_from_the_same_load_counted_at_the_servers(
 ) -> None:
     import bench
     import bench_instructions
-    from bench_base import Pinning, Setup
 
     monkeypatch.setattr(bench_instructions, "WARMUP", 4.0)
     monkeypatch.setattr(bench_instructions, "COUNTED", 10.0)
     load = "wrk" if shutil.which("wrk") else "python"
-    setup = Setup(
-        quick=True, windows=1, window_seconds=1.0, connections=4, load=load,
-        rounds=1, samples=1, routes=1, file_routes=1, pinning=Pinning(),
-    )  # fmt: skip
     with Simulator() as sim:
         sid = sim.create_browser()["session_id"]
-        addon, empty = bench_instructions.instruction_figures(setup, sim, bench.three_proxies(sim), sid)
+        addon, empty = bench_instructions.instruction_figures(load, 4, sim, bench.three_proxies(sim), sid)
     found = re.fullmatch(
         r"plain ([\d.]+) M, empty ([\d.]+) M, addon ([\d.]+) M instructions a request; "
         r"requests plain (\d+), empty (\d+), addon (\d+)",
