@@ -1,8 +1,7 @@
 """The instructions a request costs each proxy, counted by valgrind's callgrind under the
-throughput figure's own load (the mix, the same generator and connections, three proxies at
-once), requests counted at the servers: a reading of the throughput ratio that does not move
-between runs, where the live ratio moves by several percent on a small machine
-(`bench.py --instructions`)."""
+throughput figure's own load (the mix, the same generator and connections; one proxy at a
+time), requests counted at the servers: a reading of the throughput ratio that moves far less
+between runs than the live ratio does on a small machine (`bench.py --instructions`)."""
 
 from __future__ import annotations
 
@@ -23,7 +22,8 @@ from simulator import Simulator
 
 NAMES = ("plain", "empty", "addon")
 WARMUP = 8.0  # seconds of load before counting: valgrind translates the code paths first
-COUNTED = 40.0  # seconds counted: some 500 requests a proxy under valgrind
+COUNTED = 40.0  # seconds counted: some 500 requests under valgrind, enough that the requests
+# in flight when counting starts and stops weigh little
 START_TIMEOUT = 180.0  # seconds: mitmproxy starts slowly under valgrind
 
 
@@ -69,23 +69,24 @@ def instruction_figures(
     mix_file = workdir / "mix.txt"
     mix_file.write_text(mix_text(request_mix(sim.cp_url, sid)))
     seconds = math.ceil(WARMUP + COUNTED + 5)
+    per_request: dict[str, float] = {}
+    served: dict[str, int] = {}
     try:
         with under_callgrind(proxies, workdir) as outs:
-            generators = [LoadGenerator(load, proxies[n], n, mix_file, seconds, connections) for n in NAMES]
-            try:
-                time.sleep(WARMUP)
-                for name in NAMES:
-                    callgrind(_pid(proxies[name]), "--instr=on")
-                sim.reset()
-                time.sleep(COUNTED)
-                served = served_by_proxy(sim.stats())[0]
-                for name in NAMES:
-                    callgrind(_pid(proxies[name]), "--instr=off")
-                    callgrind(_pid(proxies[name]), "--dump")
-            finally:
-                for g in generators:
-                    g.stop()
-            per_request = {n: total_instructions(outs[n]) / max(1, served[n]) for n in NAMES}
+            for name in NAMES:  # one at a time: a loaded proxy under valgrind takes a core
+                pid = _pid(proxies[name])
+                generator = LoadGenerator(load, proxies[name], name, mix_file, seconds, connections)
+                try:
+                    time.sleep(WARMUP)
+                    callgrind(pid, "--instr=on")
+                    sim.reset()
+                    time.sleep(COUNTED)
+                    served[name] = served_by_proxy(sim.stats())[0][name]
+                    callgrind(pid, "--instr=off")
+                    callgrind(pid, "--dump")
+                finally:
+                    generator.stop()
+                per_request[name] = total_instructions(outs[name]) / max(1, served[name])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     label = f"({cp_label(sim)}, callgrind)"

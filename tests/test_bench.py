@@ -107,8 +107,8 @@ def test_instruction_counts_come_from_the_same_load_counted_at_the_servers(
     import bench
     import bench_instructions
 
-    monkeypatch.setattr(bench_instructions, "WARMUP", 4.0)
-    monkeypatch.setattr(bench_instructions, "COUNTED", 10.0)
+    monkeypatch.setattr(bench_instructions, "WARMUP", 2.0)
+    monkeypatch.setattr(bench_instructions, "COUNTED", 6.0)
     load = "wrk" if shutil.which("wrk") else "python"
     with Simulator() as sim:
         sid = sim.create_browser()["session_id"]

@@ -3,7 +3,8 @@
 The SDK's own direct-to-VM routing is off (`KERNEL_BROWSER_ROUTING_SUBRESOURCES=""`), so it
 sends every call to the control plane origin, through the proxy: where a call lands is the
 addon's doing. Each test checks what the simulator received on each side, what the client
-got, and the addon's decision records for the session, in order.
+got, and the addon's decision records for the session, in order. Each starts from a fresh
+simulator (its records reset).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pytest
 from mitmdump_runner import Mitmdump
 from proxy_clients import API_KEY, requests_to
 from simulator import GONE_BODY, Simulator
+
+pytestmark = pytest.mark.usefixtures("fresh_sim")
 
 BEARER = f"Bearer {API_KEY}"
 
@@ -72,9 +75,8 @@ def sha256(data: bytes) -> str:
 
 
 def test_create_retrieve_list_delete_and_delete_evicts_the_route(
-    fresh_sim: Simulator, proxy: Mitmdump, sdk: Sdk
+    sim: Simulator, proxy: Mitmdump, sdk: Sdk
 ) -> None:
-    sim = fresh_sim
     browser = sdk.client.browsers.create()
     sid = browser.session_id
     assert browser.base_url == sim.base_url
@@ -117,8 +119,7 @@ def test_create_retrieve_list_delete_and_delete_evicts_the_route(
     ]
 
 
-def test_retrieve_and_list_fill_the_route_cache(fresh_sim: Simulator, proxy: Mitmdump, sdk: Sdk) -> None:
-    sim = fresh_sim
+def test_retrieve_and_list_fill_the_route_cache(sim: Simulator, proxy: Mitmdump, sdk: Sdk) -> None:
     # Created behind the proxy's back: it has no route for either.
     first = sim.create_browser()["session_id"]
     second = sim.create_browser()["session_id"]
@@ -147,8 +148,7 @@ def test_retrieve_and_list_fill_the_route_cache(fresh_sim: Simulator, proxy: Mit
     assert decisions(proxy, second, 2) == [("route_cached", "list"), ("routed", None)]
 
 
-def test_pool_acquire_caches_and_release_evicts(fresh_sim: Simulator, proxy: Mitmdump, sdk: Sdk) -> None:
-    sim = fresh_sim
+def test_pool_acquire_caches_and_release_evicts(sim: Simulator, proxy: Mitmdump, sdk: Sdk) -> None:
     acquired = sdk.client.browser_pools.acquire("e2e-pool")
     assert acquired is not None and acquired.pool is not None and acquired.pool.name == "e2e-pool"
     sid = acquired.session_id
@@ -178,9 +178,8 @@ def test_pool_acquire_caches_and_release_evicts(fresh_sim: Simulator, proxy: Mit
 
 
 def test_telemetry_events_fall_back_to_the_cp_when_the_browser_is_gone(
-    fresh_sim: Simulator, proxy: Mitmdump, sdk: Sdk
+    sim: Simulator, proxy: Mitmdump, sdk: Sdk
 ) -> None:
-    sim = fresh_sim
     sid = sdk.client.browsers.create().session_id
     assert ids(sdk.client.browsers.telemetry.events(sid, limit=2).items) == [f"vm-{sid}-1", f"vm-{sid}-2"]
     sim.kill_on_vm(sid)
@@ -216,9 +215,8 @@ def test_telemetry_events_fall_back_to_the_cp_when_the_browser_is_gone(
 
 
 def test_telemetry_stream_is_routed_and_delivers_events_live(
-    fresh_sim: Simulator, proxy: Mitmdump, sdk: Sdk
+    sim: Simulator, proxy: Mitmdump, sdk: Sdk
 ) -> None:
-    sim = fresh_sim
     sid = sdk.client.browsers.create().session_id
     sim.reset()
     sim.hold_streams(True)
@@ -241,11 +239,8 @@ def test_telemetry_stream_is_routed_and_delivers_events_live(
     assert proxy.records("routed", sid)[-1]["vm_status"] == 200
 
 
-def test_stale_stream_gets_the_vms_404_and_no_cp_reissue(
-    fresh_sim: Simulator, proxy: Mitmdump, sdk: Sdk
-) -> None:
+def test_stale_stream_gets_the_vms_404_and_no_cp_reissue(sim: Simulator, proxy: Mitmdump, sdk: Sdk) -> None:
     """The reference's live QA step B: the stream path is not fallback-eligible."""
-    sim = fresh_sim
     sid = sdk.client.browsers.create().session_id
     sim.kill_on_vm(sid)
     sim.reset()
@@ -265,9 +260,8 @@ def test_stale_stream_gets_the_vms_404_and_no_cp_reissue(
 
 
 def test_process_exec_body_is_delivered_intact_and_a_gone_post_is_not_reissued(
-    fresh_sim: Simulator, proxy: Mitmdump, sdk: Sdk
+    sim: Simulator, proxy: Mitmdump, sdk: Sdk
 ) -> None:
-    sim = fresh_sim
     sid = sdk.client.browsers.create().session_id
     sim.reset()
     args = ["héllo wörld ✓", 'quote " and \\ backslash', "x" * 20_000]
@@ -309,10 +303,7 @@ def curl(proxy: Mitmdump, *args: str) -> bytes:
     ).stdout
 
 
-def test_curl_create_stream_exec_and_stale_stream(
-    fresh_sim: Simulator, proxy: Mitmdump, tmp_path: Path
-) -> None:
-    sim = fresh_sim
+def test_curl_create_stream_exec_and_stale_stream(sim: Simulator, proxy: Mitmdump, tmp_path: Path) -> None:
     created = json.loads(
         curl(proxy, "-H", "Content-Type: application/json", "-d", "{}", f"{sim.cp_url}/browsers")
     )
