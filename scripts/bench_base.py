@@ -97,7 +97,10 @@ class Figure:
         def fmt(v: float) -> str:
             if self.unit == "ms":
                 return f"{v:+.{self.digits}f}"
-            return f"{v:.1f}" if self.unit == "MB" else f"{v:.3f}"
+            if self.unit == "MB":
+                return f"{v:.1f}"
+            # One more digit where three would read as the other side of the target (0.9697).
+            return f"{v:.3f}" if self.check(round(v, 3)) == self.check(v) else f"{v:.4f}"
 
         unit = {"x": "", "ms": " ms", "MB": " MB"}[self.unit]
         if len(self.values) == 1:

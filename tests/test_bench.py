@@ -93,6 +93,16 @@ def test_quick_bench_measures_a_routing_addon_against_proxies_that_route_nothing
     assert all(0.9 <= float(c) <= 1.1 for c in counts.groups()), counts.group(0)
 
 
+def test_a_ratio_just_under_its_target_does_not_print_as_meeting_it() -> None:
+    from bench_base import Figure
+
+    def at_least(v: float) -> bool:
+        return v >= 0.97
+
+    assert Figure("r", [0.9697, 0.95, 0.99], "x", ">= 0.97", at_least).text() == "0.9697 [0.950-0.990]"
+    assert Figure("r", [0.9751], "x", ">= 0.97", at_least).text() == "0.975"
+
+
 def test_bench_help_names_its_options() -> None:
     done = bench("--help", timeout=60)
     assert done.returncode == 0
