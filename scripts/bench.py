@@ -44,17 +44,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_base import AUTH, ROOT, SUBRESOURCES, Figure, Pinning, Setup, started
+from bench_base import ROOT, SUBRESOURCES, Figure, Pinning, Setup, started
 from bench_fleet import Fleet, quiet_dropped_connections
 from bench_instructions import instruction_figures
 from bench_latency import latency_figures
@@ -125,13 +122,18 @@ def addon_options(sim: Simulator) -> dict[str, str]:
         "browserrouting_vm_hosts": sim.vm_host,
         "browserrouting_subresources": SUBRESOURCES,
         "browserrouting_log": "",
-        "ssl_verify_upstream_trusted_ca": sim.cert_path,
+        **trusting(sim),
     }
+
+
+def trusting(sim: Simulator) -> dict[str, str]:
+    """The options of a plain mitmdump that trusts the simulator's CA."""
+    return {"ssl_verify_upstream_trusted_ca": sim.cert_path}
 
 
 def three_proxies(sim: Simulator) -> dict[str, Mitmdump]:
     """Plain mitmdump, the empty-hook script and the addon, all trusting the simulator's CA."""
-    trust = {"ssl_verify_upstream_trusted_ca": sim.cert_path}
+    trust = trusting(sim)
     return {
         "plain": Mitmdump(trust, with_addon=False),
         "empty": Mitmdump(trust, with_addon=False, extra_args=("-s", str(EMPTY_HOOKS))),
@@ -147,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run (fewer windows, samples, routes)")
     parser.add_argument("--windows", type=int, help="throughput windows (default 30; quick 5)")
     parser.add_argument("--window-seconds", type=float, help="seconds a window (default 2; quick 1)")
+    parser.add_argument(
+        "--starts", type=int,
+        help="fresh starts of the proxies that the windows are spread over (default 6; quick 1)",
+    )  # fmt: skip
     parser.add_argument("--connections", type=int, default=10, help="connections per proxy (default 10)")
     parser.add_argument(
         "--load", choices=("auto", "wrk", "python"), default="auto",
@@ -169,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=quick,
         windows=args.windows or (5 if quick else 30),
         window_seconds=args.window_seconds or (1.0 if quick else 2.0),
+        starts=max(1, args.starts or (1 if quick else 6)),
         connections=args.connections,
         load=load,
         rounds=3 if quick else 8,
@@ -183,20 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     for cp_tls in (False, True):  # the CP as the simulator serves it, then over HTTPS as live
         with Simulator(cp_tls=cp_tls) as sim:
-            proxies = three_proxies(sim)
-            with started(setup.pinning, *proxies.values()):
-                tls = ssl.create_default_context(cafile=proxies["addon"].ca_cert)  # CONNECT to an HTTPS CP
-                with httpx.Client(proxy=proxies["addon"].url, headers=AUTH, trust_env=False, verify=tls) as c:
-                    sid = c.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]  # learns its route
-                windows = f"{setup.windows} windows of {setup.window_seconds:g} s"
-                progress(f"throughput, {cp_label(sim)}: {windows}, load from {load}")
-                figures += throughput(setup, sim, proxies, sid)
-                if not cp_tls:
-                    progress("latency: routed, fallback, SSE, 50 concurrent fallbacks")
-                    figures += latency_figures(setup, sim, proxies["plain"], proxies["addon"], sid)
+            sid = sim.create_browser()["session_id"]  # the addons learn its route from the mix
+            windows = f"{setup.windows} windows of {setup.window_seconds:g} s over {setup.starts} start(s)"
+            progress(f"throughput, {cp_label(sim)}: {windows}, load from {load}")
+            figures += throughput(setup, sim, sid, lambda: three_proxies(sim))
+            if not cp_tls:
+                progress("latency: routed, fallback, SSE, 50 concurrent fallbacks")
+                plain, addon = Mitmdump(trusting(sim), with_addon=False), Mitmdump(addon_options(sim))
+                with started(setup.pinning, plain, addon):
+                    figures += latency_figures(setup, sim, plain, addon, sid)
             if args.instructions:
-                progress(f"instructions, {cp_label(sim)}: the three proxies under callgrind, the same load")
-                figures += instruction_figures(load, setup.connections, sim, three_proxies(sim), sid)
+                progress(f"instructions, {cp_label(sim)}: the three proxies under callgrind, the same mix")
+                figures += instruction_figures(setup.connections, sim, three_proxies(sim), sid)
     fleet = Fleet()
     try:
         progress(f"memory and lookup: {setup.routes:,} routes")

@@ -119,6 +119,7 @@ class Setup:
     quick: bool
     windows: int
     window_seconds: float
+    starts: int  # of fresh proxies, the throughput windows spread over them
     connections: int
     load: str  # "wrk" or "python"
     rounds: int

@@ -1,29 +1,29 @@
-"""The instructions a request costs each proxy, counted by valgrind's callgrind under the
-throughput figure's own load (the mix, the same generator and connections; one proxy at a
-time), requests counted at the servers: a reading of the throughput ratio that moves far less
-between runs than the live ratio does on a small machine (`bench.py --instructions`)."""
+"""The instructions a request costs each proxy, counted by valgrind's callgrind: the mix over
+the throughput figure's number of kept-alive connections, a warm-up, then a fixed number of
+requests counted from the first sent to the last answered (`bench.py --instructions`). A count
+does not depend on what else the machine runs, nor on where the process landed in memory; the
+same code reads the same to a few hundredths of a percent, so it is the figure to compare
+between commits."""
 
 from __future__ import annotations
 
-import math
+import asyncio
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from bench_base import Figure
-from bench_load import LoadGenerator, mix_text, request_mix
-from bench_throughput import cp_label, served_by_proxy
+from bench_load import exchange, mix_text, raw_mix, request_mix, starts
+from bench_throughput import NAMES, cp_label, served_by_proxy
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
 
-NAMES = ("plain", "empty", "addon")
-WARMUP = 8.0  # seconds of load before counting: valgrind translates the code paths first
-COUNTED = 40.0  # seconds counted: some 500 requests under valgrind, enough that the requests
-# in flight when counting starts and stops weigh little
+WARMUP = 40  # requests a connection before counting: valgrind translates the code paths first
+COUNTED = 100  # requests a connection counted: five times through the mix
 START_TIMEOUT = 180.0  # seconds: mitmproxy starts slowly under valgrind
 
 
@@ -54,44 +54,72 @@ def under_callgrind(proxies: dict[str, Mitmdump], workdir: Path) -> Iterator[dic
                 f"--callgrind-out-file={outs[name]}",
             )
             stack.callback(proxy.cleanup)
-            proxy.start(timeout=START_TIMEOUT)
+        with ThreadPoolExecutor(len(proxies)) as pool:
+            list(pool.map(lambda proxy: proxy.start(timeout=START_TIMEOUT), proxies.values()))
         yield outs
 
 
+async def counted_load(
+    proxy: Mitmdump, requests: list[bytes], connections: int, warmup: int, counted: int
+) -> None:
+    """`warmup` then `counted` requests on each of `connections` kept-alive connections, one
+    at a time on each; callgrind counts only the second part."""
+    opened = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(connections)]
+
+    async def send(n: int) -> None:
+        async def on(conn: int, index: int) -> None:
+            reader, writer = opened[conn]
+            for i in range(index, index + n):
+                if not await exchange(reader, writer, requests[i % len(requests)]):
+                    raise RuntimeError(f"the proxy closed a connection: {requests[i % len(requests)]!r}")
+
+        await asyncio.gather(*(on(c, i) for c, i in enumerate(starts(requests, connections))))
+
+    try:
+        await send(warmup)
+        await asyncio.to_thread(callgrind, _pid(proxy), "--instr=on")
+        await send(counted)
+        await asyncio.to_thread(callgrind, _pid(proxy), "--instr=off")
+        await asyncio.to_thread(callgrind, _pid(proxy), "--dump")
+    finally:
+        for _, writer in opened:
+            writer.close()
+
+
 def instruction_figures(
-    load: str, connections: int, sim: Simulator, proxies: dict[str, Mitmdump], sid: str
+    connections: int, sim: Simulator, proxies: dict[str, Mitmdump], sid: str
 ) -> list[Figure]:
-    """`proxies` (plain, empty, addon; not started) under callgrind, loaded as the throughput is:
-    `load` (wrk or python) over `connections` connections each."""
+    """`proxies` (plain, empty, addon; not started) under callgrind, each sent the mix over
+    `connections` connections; the three at once (a count does not depend on the others)."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise RuntimeError("valgrind is not installed (scripts/setup --bench installs it)")
     workdir = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
     mix_file = workdir / "mix.txt"
     mix_file.write_text(mix_text(request_mix(sim.cp_url, sid)))
-    seconds = math.ceil(WARMUP + COUNTED + 5)
-    per_request: dict[str, float] = {}
-    served: dict[str, int] = {}
+    counted = COUNTED * connections
     try:
         with under_callgrind(proxies, workdir) as outs:
-            for name in NAMES:  # one at a time: a loaded proxy under valgrind takes a core
-                pid = _pid(proxies[name])
-                generator = LoadGenerator(load, proxies[name], name, mix_file, seconds, connections)
-                try:
-                    time.sleep(WARMUP)
-                    callgrind(pid, "--instr=on")
-                    sim.reset()
-                    time.sleep(COUNTED)
-                    served[name] = served_by_proxy(sim.stats())[0][name]
-                    callgrind(pid, "--instr=off")
-                    callgrind(pid, "--dump")
-                finally:
-                    generator.stop()
-                per_request[name] = total_instructions(outs[name]) / max(1, served[name])
+            sim.reset()
+
+            async def all_three() -> None:
+                await asyncio.gather(
+                    *(
+                        counted_load(proxies[n], raw_mix(mix_file, n), connections, WARMUP, COUNTED)
+                        for n in NAMES
+                    )
+                )
+
+            asyncio.run(all_three())
+            served = served_by_proxy(sim.stats())[0]
+            per_request = {n: total_instructions(outs[n]) / counted for n in NAMES}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    expected = (WARMUP + COUNTED) * connections
+    if any(served[n] != expected for n in NAMES):  # each answer came from the servers, none twice
+        raise RuntimeError(f"the servers saw {dict(served)} requests, not {expected} from each proxy")
     label = f"({cp_label(sim)}, callgrind)"
-    detail = ", ".join(f"{n} {v / 1e6:.2f} M" for n, v in per_request.items())
-    detail += " instructions a request; requests " + ", ".join(f"{n} {served[n]}" for n in NAMES)
+    detail = ", ".join(f"{n} {v / 1e6:.3f} M" for n, v in per_request.items())
+    detail += f" instructions a request; {counted} requests counted of each"
     return [
         Figure(
             f"instructions, plain / addon {label}",

@@ -91,6 +91,20 @@ class LoadGenerator:
             self.process.wait()
 
 
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bool:
+    """Send one request and read its whole answer; False when the server closes the connection."""
+    writer.write(request)
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+    length = re.search(r"\r\ncontent-length: *(\d+)", head)
+    if length:
+        await reader.readexactly(int(length.group(1)))
+    elif "transfer-encoding: chunked" in head:
+        while size := int((await reader.readline()).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readuntil(b"\r\n")
+    return "\r\nconnection: close" not in head
+
+
 async def _load_connection(
     port: int, requests: list[bytes], deadline: float, done: list[int], index: int
 ) -> None:
@@ -100,48 +114,49 @@ async def _load_connection(
         if writer is None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert reader is not None
-        writer.write(requests[index % len(requests)])
+        request = requests[index % len(requests)]
         index += 1
         try:
-            head = await asyncio.wait_for(
-                reader.readuntil(b"\r\n\r\n"), max(0.1, deadline - time.monotonic())
+            kept = await asyncio.wait_for(
+                exchange(reader, writer, request), max(0.1, deadline - time.monotonic())
             )
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             writer.close()
             writer = None
             continue
-        headers = head.decode("latin-1").lower()
-        length = re.search(r"\r\ncontent-length: *(\d+)", headers)
-        if length:
-            await reader.readexactly(int(length.group(1)))
-        elif "transfer-encoding: chunked" in headers:
-            while size := int((await reader.readline()).split(b";")[0], 16):
-                await reader.readexactly(size + 2)
-            await reader.readuntil(b"\r\n")
         done[0] += 1
-        if "\r\nconnection: close" in headers:
+        if not kept:
             writer.close()
             writer = None
     if writer is not None:
         writer.close()
 
 
+def starts(requests: list[bytes], conns: int) -> list[int]:
+    """Where in the mix each connection starts: spread over it."""
+    return [i * len(requests) // conns for i in range(conns)]
+
+
+def raw_mix(mix_file: Path, name: str) -> list[bytes]:
+    """The mix file's requests as a client sends them to the proxy."""
+    requests = []
+    for line in mix_file.read_text().splitlines():
+        method, url, *body = line.split(" ", 2)
+        requests.append(raw_request(method, url, body[0] if body else "", name))
+    return requests
+
+
 async def _load(port: int, requests: list[bytes], seconds: float, conns: int) -> int:
     done = [0]
     deadline = time.monotonic() + seconds
-    # Connections start at different points of the mix.
-    starts = (i * len(requests) // conns for i in range(conns))
-    await asyncio.gather(*(_load_connection(port, requests, deadline, done, i) for i in starts))
+    connections = (_load_connection(port, requests, deadline, done, i) for i in starts(requests, conns))
+    await asyncio.gather(*connections)
     return done[0]
 
 
 def load_child(port: str, mix_file: str, name: str, seconds: str, conns: str) -> int:
     """The Python load generator (when wrk is missing): prints `bench_load: requests=N`."""
-    requests = []
-    for line in Path(mix_file).read_text().splitlines():
-        method, url, *body = line.split(" ", 2)
-        requests.append(raw_request(method, url, body[0] if body else "", name))
-    count = asyncio.run(_load(int(port), requests, float(seconds), int(conns)))
+    count = asyncio.run(_load(int(port), raw_mix(Path(mix_file), name), float(seconds), int(conns)))
     print(f"bench_load: requests={count}", flush=True)
     return 0
 
