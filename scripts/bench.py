@@ -10,12 +10,23 @@ browser metadata GET, 1 non-allowlisted browser subresource, 2 routed (a GET `fs
 and a POST `process/exec`). `wrk` with scripts/bench_wrk.lua sends it (`scripts/setup
 --bench` installs wrk); without wrk, a Python load generator with the same mix and the same
 keep-alive connections does. Requests are counted at the servers (the simulator's records,
-by the X-Bench-Proxy header each request carries), in consecutive windows of one continuous
-run, so machine noise hits the three proxies alike: the table gives the median [min-max] of
-the per-window ratios. It runs twice: against the simulator's CP over plain HTTP, where a
-routed request costs the addon a TLS exchange with the VM that plain mitmdump leaves to the
-CP, and against its CP over HTTPS (`cp_tls`, absolute-form `https://` targets), as the live
-service is served, where both proxies pay TLS upstream for every request.
+by the X-Bench-Proxy header each request carries), in consecutive windows while all three
+run, so machine noise hits the three proxies alike. The windows are spread over several fresh
+starts of the three (`--starts`): one process of the same code runs a few percent faster or
+slower than the next for as long as it lives (where it landed in memory, its hash seed), which
+windows of a single start would read as the addon's cost. The table gives the median
+[min-max] of the per-window ratios, the notes each start's median. It runs twice: against the
+simulator's CP over plain HTTP, where a routed request costs the addon a TLS exchange with the
+VM that plain mitmdump leaves to the CP, and against its CP over HTTPS (`cp_tls`, absolute-form
+`https://` targets), as the live service is served, where both proxies pay TLS upstream for
+every request.
+
+Instructions (`--instructions`): each proxy under valgrind's callgrind, sent the mix over the
+same number of kept-alive connections, 40 requests a connection to warm up, then 100 a
+connection counted from the first sent to the last answered; the instructions counted divided
+by the requests. The same code reads the same to within about 0.2 %, where the live ratio moves
+by a few percent: the figure to compare commits by. It counts user-space instructions only,
+not cache misses, which the live ratio pays for too.
 
 Memory: RSS of mitmdump+addon fed 100,000 routes (400 CP list pages of 250 browsers whose
 cdp_ws_url jwt is 175 characters, from a loopback CP of the bench's own) minus RSS of a
