@@ -24,7 +24,7 @@ every request.
 Instructions (`--instructions`): each proxy under valgrind's callgrind, sent the mix over the
 same number of kept-alive connections, 40 requests a connection to warm up, then 100 a
 connection counted from the first sent to the last answered; the instructions counted divided
-by the requests. The same code reads the same to within about 0.2 %, where the live ratio moves
+by the requests. The same code reads the same to within about 0.3 %, where the live ratio moves
 by a few percent: the figure to compare commits by. It counts user-space instructions only,
 not cache misses, which the live ratio pays for too.
 

@@ -2,7 +2,7 @@
 the throughput figure's number of kept-alive connections, a warm-up, then a fixed number of
 requests counted from the first sent to the last answered (`bench.py --instructions`). A count
 does not depend on what else the machine runs, nor on where the process landed in memory; the
-same code reads the same to a few hundredths of a percent, so it is the figure to compare
+same code reads the same to within about 0.3 %, so it is the figure to compare
 between commits."""
 
 from __future__ import annotations
