@@ -9,11 +9,11 @@ import logging
 from mitmproxy import command, ctx, exceptions, types
 
 from . import report as qa_report
-from .auditor import RoutingAudit
-from .injector import FaultInjection
+from .audit.watcher import RoutingAudit
+from .faults.responder import FaultInjection
 from .recorder import DecisionRecorder
-from .router import BrowserRouting
-from .routes import Route, redact
+from .route_cache import Route, redact
+from .router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 class RouteCommands:
     def __init__(
         self,
-        router: BrowserRouting,
+        router: Router,
         recorder: DecisionRecorder,
         injector: FaultInjection,
         audit: RoutingAudit,

@@ -139,7 +139,7 @@ class Fleet:
         objects = [browser(i, self.vm_netloc) for i in range(count)]
         try:
             sys.path.insert(0, str(ROOT))
-            from addon.routes import dump_routes, route_from_object
+            from addon.route_cache import dump_routes, route_from_object
 
             text = dump_routes(
                 [r for o in objects if (r := route_from_object(cast(dict[object, object], o)))]

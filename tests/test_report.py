@@ -1,4 +1,4 @@
-"""The QA report (addon/report.py, scripts/report.py, `browserrouting.report`): one page a person
+"""The QA report (addon/report/, scripts/report.py, `browserrouting.report`): one page a person
 reads. Unit tests on small hand-made logs; the command through a real mitmweb; the demo's own
 report in headless Chromium (screenshot in `artifacts/`); a 100,000-record log in bounded time
 and size."""
@@ -23,6 +23,8 @@ from proxy_clients import API_KEY, client
 from simulator import Simulator
 
 from addon import report
+from addon.report import log as report_log
+from addon.report import timeline as report_timeline
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
@@ -42,7 +44,7 @@ def rec(
 
 
 def page_of(*records: dict[str, Any], options: dict[str, str] | None = None) -> str:
-    return report.render([report.read_run(map(json.dumps, records), "t.jsonl", options=options)])
+    return report.render([report_log.read_run(map(json.dumps, records), "t.jsonl", options=options)])
 
 
 def lanes(html: str) -> list[str]:
@@ -177,7 +179,7 @@ def test_everything_is_escaped_and_no_secret_is_shown_in_clear() -> None:
 def test_lines_that_are_no_record_are_skipped_and_flows_of_no_session_share_a_lane() -> None:
     lines = ["not json", "[1, 2]", '{"no": "decision"}', "", json.dumps(FALLBACK[2])]
     lines += [json.dumps(rec("passthrough", f"n{i}", 3.0 + i, None, url=f"{CP}/browsers")) for i in range(2)]
-    run = report.read_run(lines, "t.jsonl")
+    run = report_log.read_run(lines, "t.jsonl")
     assert (run.skipped, list(run.flows)) == (3, ["r", "n0", "n1"])
     html = report.render([run])
     assert "3 lines that are no record skipped" in html and lanes(html) == ["s1"]
@@ -240,14 +242,16 @@ def test_a_100000_record_log_renders_in_under_10_s_with_every_record_accounted_f
     html = page.read_text()
     assert took < 10, f"{took:.1f} s"
     assert len(html) < 8_000_000, "the page's size is bounded"
-    assert len(re.findall(r'<g class="lane"', html)) == report.MAX_LANES
+    assert len(re.findall(r'<g class="lane"', html)) == report_timeline.MAX_LANES
     assert 'data-kind="folded"' in html and "more sessions" in html
     marks = len(re.findall(r'<g class="(?:mark|tick)[^"]*" data-flow', html))  # not the legend's
     buckets = [int(n) for n in re.findall(r'class="bucket [^"]*"[^>]*data-count="(\d+)"', html)]
-    assert marks <= report.MAX_DETAILED and len(buckets) <= report.MAX_BUCKETS and buckets
+    assert marks <= report_timeline.MAX_DETAILED and len(buckets) <= report_timeline.MAX_BUCKETS and buckets
     assert marks + sum(buckets) == 100_000, "each flow and cache change is a mark or in a bucket's count"
     xs = [int(x) for x in re.findall(r'class="bucket [^"]*" x="(\d+)"', html)]
-    assert min(xs) >= report.PLOT_X and max(xs) < report.PLOT_X + report.PLOT_W, "buckets on the time axis"
+    assert min(xs) >= report_timeline.PLOT_X and max(xs) < report_timeline.PLOT_X + report_timeline.PLOT_W, (
+        "buckets on the time axis"
+    )
     assert changes == 5000 and "route_evicted 5000" in html
 
 

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
+from .decisions import Decision
+
 
 @functools.lru_cache(maxsize=256)  # the same browsers are read again and again (GET /browsers/{id})
 def pack_jwt(jwt: str) -> bytes | str:
@@ -206,7 +208,7 @@ def dump_routes(routes: Iterable[Route]) -> str:
 
 def journal_line(change: str, route: Route) -> str:
     """One change of the cache as a line of the routes file's journal."""
-    entry = {"put": route.as_dict()} if change == "route_cached" else {"evict": route.session_id}
+    entry = {"put": route.as_dict()} if change == Decision.ROUTE_CACHED else {"evict": route.session_id}
     return json.dumps(entry) + "\n"
 
 

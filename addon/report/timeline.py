@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .report_log import Record, Run, path_of, session_of, violations_of
-from .report_text import css_class, offset, short, shown_record, status_text
+from ..decisions import Decision
+from .log import Record, Run, path_of, session_of, violations_of
+from .text import css_class, offset, short, shown_record, status_text
 
 # -- geometry and budgets ---------------------------------------------------------------------
 
@@ -32,17 +33,21 @@ MAX_BUCKETS = 15000  # aggregated buckets on the page
 FOLDED = "\0folded"  # the key of the lane that holds the sessions beyond the budget (no session id)
 
 # decision -> (row, shape); colours live in the template's CSS.
-FLOW_STYLE = {
-    "routed": (0, "circle"),
-    "no_fallback": (0, "cross"),
-    "fallback": (0, "diamond"),
-    "client_routed": (0, "circle"),
-    "passthrough": (1, "dot"),
-    "reissue": (1, "triangle"),
-    "client_cp": (1, "dot"),
-    "client_fallback": (1, "triangle"),
+FLOW_STYLE: dict[str, tuple[int, str]] = {
+    Decision.ROUTED: (0, "circle"),
+    Decision.NO_FALLBACK: (0, "cross"),
+    Decision.FALLBACK: (0, "diamond"),
+    Decision.CLIENT_ROUTED: (0, "circle"),
+    Decision.PASSTHROUGH: (1, "dot"),
+    Decision.REISSUE: (1, "triangle"),
+    Decision.CLIENT_CP: (1, "dot"),
+    Decision.CLIENT_FALLBACK: (1, "triangle"),
 }
-CACHE_SHAPES = {"route_cached": "cached", "route_evicted": "evicted", "route_refused": "refused"}
+CACHE_SHAPES: dict[str, str] = {
+    Decision.ROUTE_CACHED: "cached",
+    Decision.ROUTE_EVICTED: "evicted",
+    Decision.ROUTE_REFUSED: "refused",
+}
 
 
 # -- lanes, placed on the time axis -----------------------------------------------------------
@@ -75,7 +80,9 @@ class Lane:
     @property
     def interest(self) -> int:
         return sum(
-            1 for i in self.items if i.bad or i.decision in ("fallback", "no_fallback", "route_refused")
+            1
+            for i in self.items
+            if i.bad or i.decision in (Decision.FALLBACK, Decision.NO_FALLBACK, Decision.ROUTE_REFUSED)
         )
 
 
@@ -197,7 +204,7 @@ def lane_view(
     flows = [i for i in lane.items if i.row < 2]
     kinds = Counter(i.decision for i in flows)
     bad = sum(1 for i in flows if i.bad)
-    notable = [f"{kinds[k]} {k}" for k in ("fallback", "no_fallback") if kinds[k]]
+    notable = [f"{kinds[k]} {k}" for k in (Decision.FALLBACK, Decision.NO_FALLBACK) if kinds[k]]
     full = lane.key or "flows that name no session"
     if lane.key == FOLDED:
         full = f"{lane.folded} sessions folded into one lane (the page shows at most {MAX_LANES} lanes)"
@@ -268,9 +275,9 @@ def links_of(run: Run, drawn: Mapping[str, tuple[int, int]]) -> tuple[list[dict[
     pairs: dict[tuple[str, str], None] = {}  # (VM answer, CP re-issue), in log order
     for flow_id, record in run.flows.items():
         d = record["decision"]
-        if d == "fallback" and isinstance(record.get("reissue_flow"), str):
+        if d == Decision.FALLBACK and isinstance(record.get("reissue_flow"), str):
             pairs.setdefault((flow_id, record["reissue_flow"]))
-        elif d in ("reissue", "client_fallback") and isinstance(record.get("serves"), str):
+        elif d in (Decision.REISSUE, Decision.CLIENT_FALLBACK) and isinstance(record.get("serves"), str):
             pairs.setdefault((record["serves"], flow_id))
     for src, dst in pairs:
         if src in drawn and dst in drawn:

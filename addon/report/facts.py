@@ -10,14 +10,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import paths
-from .report_conformance import Conformance
-from .report_log import (
-    AUDIT,
-    CP_SIDE,
-    DECISION_ORDER,
+from .. import paths
+from ..decisions import AUDIT, CP_SIDE, ORDER, ROUTE_MODE, Decision
+from .conformance import Conformance
+from .log import (
     OPTIONS,
-    ROUTE,
     Record,
     Run,
     host_of,
@@ -26,7 +23,7 @@ from .report_log import (
     session_of,
     violations_of,
 )
-from .report_text import offset, scrub, short, status_text
+from .text import offset, scrub, short, status_text
 
 MAX_FINDINGS = 12  # story lines per run
 
@@ -57,7 +54,9 @@ class Facts:
     def modes(self) -> list[str]:
         """The modes the records show: `route`, `audit`, or both (the option changed live)."""
         return [
-            m for m, kinds in (("route", ROUTE), ("audit", AUDIT)) if any(self.decisions[k] for k in kinds)
+            m
+            for m, kinds in (("route", ROUTE_MODE), ("audit", AUDIT))
+            if any(self.decisions[k] for k in kinds)
         ]
 
 
@@ -73,16 +72,20 @@ def facts_of(run: Run) -> Facts:
         if isinstance(session := change.get("session_id"), str) and session:
             facts.sessions.add(session)
         host = host_of(change.get("base_url"))
-        if decision == "route_refused":
+        if decision == Decision.ROUTE_REFUSED:
             facts.refused_hosts.add(host or str(change.get("base_url")))
             continue
         if host:
             facts.vm_hosts.add(host)
         if isinstance(session, str) and (base := path_of(change.get("base_url"))):
             base_paths[session] = base.rstrip("/")
-        if decision == "route_cached" and (origin := origin_of(change.get("url"))):
+        if decision == Decision.ROUTE_CACHED and (origin := origin_of(change.get("url"))):
             facts.cp_origins.add(origin)
-        if decision == "route_evicted" and change.get("reason") == "browser_gone" and change.get("flow_id"):
+        if (
+            decision == Decision.ROUTE_EVICTED
+            and change.get("reason") == "browser_gone"
+            and change.get("flow_id")
+        ):
             gone_flows.add(str(change["flow_id"]))
     served: dict[str, float] = {}
     for flow_id, record in run.flows.items():
@@ -97,7 +100,7 @@ def facts_of(run: Run) -> Facts:
             facts.injected[str(record["injected"])] += 1
         elif host := host_of(vm_url if vm_url else url):
             facts.outbound[host] += 1
-            if decision in ("reissue", "client_fallback"):
+            if decision in (Decision.REISSUE, Decision.CLIENT_FALLBACK):
                 facts.reissues[host] += 1
         if vm_url and (host := host_of(vm_url)):
             facts.vm_hosts.add(host)
@@ -105,28 +108,28 @@ def facts_of(run: Run) -> Facts:
             facts.cp_origins.add(origin)
             if host := host_of(url):
                 facts.cp_hosts.add(host)
-        kinds = ("routed", "no_fallback", "fallback", "client_routed")
+        kinds = (Decision.ROUTED, Decision.NO_FALLBACK, Decision.FALLBACK, Decision.CLIENT_ROUTED)
         tail = (
             _tail(record, base_paths)
             if decision in kinds or record.get("reason") == "not_allowlisted"
             else None
         )
         if tail is not None:
-            if decision in ("routed", "no_fallback", "fallback") or (
-                decision == "client_routed" and "not_allowlisted" not in violations_of(record)
+            if decision in (Decision.ROUTED, Decision.NO_FALLBACK, Decision.FALLBACK) or (
+                decision == Decision.CLIENT_ROUTED and "not_allowlisted" not in violations_of(record)
             ):
                 facts.routed_tails.add(tail)
-            if (decision == "passthrough" and record.get("reason") == "not_allowlisted") or (
-                decision == "client_routed" and "not_allowlisted" in violations_of(record)
+            if (decision == Decision.PASSTHROUGH and record.get("reason") == "not_allowlisted") or (
+                decision == Decision.CLIENT_ROUTED and "not_allowlisted" in violations_of(record)
             ):
                 facts.unlisted_tails.add(tail)
-            if decision == "fallback" or "missing_fallback" in violations_of(record):
+            if decision == Decision.FALLBACK or "missing_fallback" in violations_of(record):
                 facts.eligible_tails.add(tail)
-            if decision == "no_fallback" and record.get("reason") == "not_eligible":
+            if decision == Decision.NO_FALLBACK and record.get("reason") == "not_eligible":
                 facts.ineligible_tails.add(tail)
         if decision in AUDIT:
             facts.conformance.count(flow_id, record, gone_flows)
-            if decision == "client_fallback" and isinstance(record.get("serves"), str):
+            if decision == Decision.CLIENT_FALLBACK and isinstance(record.get("serves"), str):
                 served[record["serves"]] = run.placed[flow_id]
         if "missing_fallback" in violations_of(record) and flow_id in run.relogged:
             waited = run.relogged[flow_id] - run.placed[flow_id]
@@ -140,7 +143,7 @@ def facts_of(run: Run) -> Facts:
 
 def _tail(record: Record, base_paths: Mapping[str, str]) -> str | None:
     """`{subresource}{suffix}` of a flow: from the CP path, or the VM path under its route."""
-    if record["decision"] == "client_routed":
+    if record["decision"] == Decision.CLIENT_ROUTED:
         base, path = base_paths.get(str(record.get("session_id"))), path_of(record.get("vm_url"))
         if base is not None and path.startswith(base + "/"):
             return paths.normalize_tail(path[len(base) + 1 :])
@@ -202,9 +205,9 @@ def findings(run: Run, t0: float) -> list[str]:
     """What happened that a reviewer looks for, in time order, bounded."""
     found: list[tuple[float, int, Record]] = []  # (when, 0 for a flow / 1 for a change, record)
     for flow_id, r in run.flows.items():
-        if r["decision"] in ("fallback", "no_fallback") or r.get("violations"):
+        if r["decision"] in (Decision.FALLBACK, Decision.NO_FALLBACK) or r.get("violations"):
             found.append((run.placed[flow_id], 0, r))
-    found += [(c["ts"], 1, c) for c in run.cache if c["decision"] == "route_refused"]
+    found += [(c["ts"], 1, c) for c in run.cache if c["decision"] == Decision.ROUTE_REFUSED]
     found.sort(key=lambda item: (item[0], item[1]))
     lines = [scrub(f"{offset(at - t0)}  {finding(r)}") for at, _, r in found[:MAX_FINDINGS]]
     if len(found) > MAX_FINDINGS:
@@ -214,20 +217,20 @@ def findings(run: Run, t0: float) -> list[str]:
 
 def finding(r: Record) -> str:
     d, session = r["decision"], short(str(r.get("session_id") or "-"), 14)
-    if d == "route_refused":
+    if d == Decision.ROUTE_REFUSED:
         return f"route refused ({r.get('reason')}) for {session}: {r.get('base_url')}"
     where = f"{r.get('method', '')} {path_of(r.get('url'))}".strip()
     injected = f" (injected {r['injected']})" if r.get("injected") else ""
-    if d == "fallback":
+    if d == Decision.FALLBACK:
         cp = r.get("cp_status")
         text = f"fallback on {session}: VM {status_text(r.get('vm_status'))} browser_gone{injected}"
         return text + f" → CP re-issue {cp if cp is not None else 'failed'}, {where}"
-    if d == "no_fallback":
+    if d == Decision.NO_FALLBACK:
         text = f"no_fallback ({r.get('reason')}) on {session}: VM {status_text(r.get('vm_status'))}"
         return text + f"{injected} kept, {where}"
     answer = (
         f"VM {status_text(r.get('vm_status'))}"
-        if d == "client_routed"
+        if d == Decision.CLIENT_ROUTED
         else f"CP {status_text(r.get('cp_status'))}"
     )
     return f"{', '.join(violations_of(r))} on {session}: {d}, {answer}{injected}, {where}"
@@ -235,12 +238,12 @@ def finding(r: Record) -> str:
 
 def summary_chips(facts: Facts) -> list[str]:
     chips = []
-    for decision in DECISION_ORDER:
+    for decision in ORDER:
         if n := facts.decisions[decision]:
             reasons = facts.reasons.get(decision)
             detail = ", ".join(f"{k} {v}" for k, v in reasons.most_common(4)) if reasons else ""
             chips.append(f"{decision} {n}" + (f" ({detail})" if detail else ""))
     for decision, n in sorted(facts.decisions.items()):
-        if decision not in DECISION_ORDER:
+        if decision not in ORDER:
             chips.append(f"{decision} {n}")
     return chips

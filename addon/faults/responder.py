@@ -9,7 +9,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from . import inject
+from . import rules as inject
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,10 @@ class FaultInjection:
         self.applied = ""  # the option value the rules came from
         self.refused = False  # the last value set was refused: mitmproxy now rolls back to `applied`
         self.awaiting: set[str] = set()  # ids of the flows `apply` picked, until `on_request` answers
+
+    def take_over(self, old: FaultInjection) -> None:
+        """On a reload: the rules (added by command, counts spent) and the flows awaiting an answer."""
+        self.rules, self.applied, self.awaiting = old.rules, old.applied, old.awaiting
 
     def load(self, loader: Any) -> None:
         loader.add_option(

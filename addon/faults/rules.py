@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import paths
+from .. import paths
 
 GONE_BODY = {"code": "browser_gone", "message": "browser not found"}
 # The answer of each kind but `reset`, which closes the connection without one.

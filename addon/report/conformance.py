@@ -7,8 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .audit import NOTES, RULES
-from .report_log import Record, notes_of, violations_of
+from ..audit.rules import NOTES, RULES
+from ..decisions import Decision
+from .log import Record, notes_of, violations_of
 
 MAX_FLOW_IDS = 20  # flow ids listed per broken rule
 
@@ -25,7 +26,7 @@ class Conformance:
         """One audited flow (`client_*`); `gone_flows` are those whose answer evicted a route
         as browser_gone."""
         decision = record["decision"]
-        if decision == "client_routed":
+        if decision == Decision.CLIENT_ROUTED:
             for rule in ("api_key_on_vm", "jwt_mismatch", "not_allowlisted", "stale_route"):
                 self.checked[rule] += 1
             gone = flow_id in gone_flows or any(
@@ -35,7 +36,7 @@ class Conformance:
                 self.checked["missing_fallback"] += 1
         else:
             self.checked["jwt_on_cp"] += 1
-            if decision == "client_cp":
+            if decision == Decision.CLIENT_CP:
                 self.checked["not_routed"] += 1
             else:
                 self.checked["unexpected_fallback"] += 1

@@ -1,60 +1,51 @@
-"""The addon's parts, wired together in the order mitmproxy must call them."""
+"""The object mitmproxy loads: it owns the addon's parts and hands each hook to the parts the
+flow's decision concerns."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import ctx, http
 
-from .auditor import RoutingAudit
+from .audit import RoutingAudit
 from .commands import RouteCommands
-from .decisions import AUDIT_DECISIONS
-from .injector import FaultInjection
-from .persistence import RoutesFile
+from .decisions import AUDIT, FALLBACK_JUDGES, Decision
+from .fallback import ControlPlaneFallback
+from .faults import FaultInjection
 from .recorder import METADATA_KEY, DecisionRecorder
-from .reissue import ControlPlaneFallback
-from .router import BrowserRouting
-
-TO_THE_VM = frozenset({"routed", "reissue"})  # the flows whose answers the fallback judges
+from .router import Router
+from .routes_file import RoutesFile
 
 # mitmproxy reloads an edited `-s` script by running the entry file again; the modules it
-# imports, this one included, stay loaded. The parts of a script being reloaded wait here
-# for the new instance, which takes over their state.
-_reloading: list[Parts] = []
+# imports, this one included, stay loaded. The addon of a script being reloaded waits here
+# for the new instance, whose parts take over their state.
+_reloading: list[BrowserRouting] = []
 
 
-@dataclass
-class Parts:
-    recorder: DecisionRecorder = field(default_factory=DecisionRecorder)
-    injector: FaultInjection = field(default_factory=FaultInjection)
+class BrowserRouting:
+    """The one addon mitmproxy walks. mitmproxy visits every addon for every event it
+    dispatches, so the parts are not addons of their own: this object hands them their
+    options, lifecycle and flow hooks, and `load` registers the commands."""
 
-    def __post_init__(self) -> None:
-        self.router = BrowserRouting(self.recorder, self.injector)
+    def __init__(self) -> None:
+        self.recorder = DecisionRecorder()
+        self.injector = FaultInjection()
+        self.router = Router(self.recorder, self.injector)
         self.routes_file = RoutesFile(self.router)
         self.fallback = ControlPlaneFallback(self.router, self.recorder)
         self.audit = RoutingAudit(self.router, self.fallback, self.injector, self.recorder)
         self.commands = RouteCommands(self.router, self.recorder, self.injector, self.audit)
 
     @classmethod
-    def for_script(cls) -> Parts:
-        """New parts for the entry script; on a reload they go on with the old parts' state."""
-        parts = cls()
+    def for_script(cls) -> BrowserRouting:
+        """A new addon for the entry script; on a reload its parts go on with the old state."""
+        addon = cls()
         if _reloading:
-            parts.take_over(_reloading.pop())
-        return parts
-
-    def take_over(self, old: Parts) -> None:
-        """The routes, the per-flow state of flows in progress (pending fallbacks, audited
-        exchanges), the counters, the injection rules and the log carry over."""
-        self.router.cache, self.router.originals = old.router.cache, old.router.originals
-        self.recorder.decisions, self.recorder.outbound = old.recorder.decisions, old.recorder.outbound
-        self.recorder.log = old.recorder.log  # reopened by configure; old in-flight work writes to it too
-        self.injector.rules, self.injector.applied = old.injector.rules, old.injector.applied
-        self.injector.awaiting = old.injector.awaiting
-        self.audit.audit, self.audit.open = old.audit.audit, old.audit.open
-        self.audit.waiting = old.audit.waiting
+            old = _reloading.pop()
+            for part, old_part in zip(addon.parts, old.parts, strict=True):
+                part.take_over(old_part)
+        return addon
 
     def done(self) -> None:
         for part in (*self.parts, self.commands):  # the commands log the summary
@@ -62,14 +53,6 @@ class Parts:
                 part.done()
         if not ctx.master.should_exit.is_set():  # removed while mitmproxy runs on: a reload
             _reloading[:] = [self]
-
-    @property
-    def chain(self) -> list[Any]:
-        """The script's addons: this object alone. mitmproxy walks every addon, and the addons
-        it lists in `addons`, for every event it dispatches, so the parts are not addons of
-        their own: this object hands them their options, lifecycle and flow hooks, and `load`
-        registers the commands."""
-        return [self]
 
     @property
     def parts(self) -> tuple[Any, ...]:
@@ -116,9 +99,9 @@ class Parts:
         if record is None or flow.response is None:
             return
         decision = record["decision"]
-        if decision in TO_THE_VM:
+        if decision in FALLBACK_JUDGES:
             self.fallback.on_responseheaders(flow, record)
-        elif decision == "client_routed":
+        elif decision == Decision.CLIENT_ROUTED:
             self.audit.on_responseheaders(flow)
         else:  # the CP answers
             self.router.on_responseheaders(flow)
@@ -130,7 +113,7 @@ class Parts:
             return None
         # Only the router learning a large page (a CP answer) or the fallback re-issuing to the
         # CP (a VM answer) has work to wait for: only then is the hook async.
-        if record["decision"] in TO_THE_VM:
+        if record["decision"] in FALLBACK_JUDGES:
             pending = self.fallback.on_response(flow, record)
         else:
             pending = self.router.on_response(flow, record)
@@ -144,7 +127,7 @@ class Parts:
         self.finish(flow, record)
 
     def finish(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
-        if record["decision"] in AUDIT_DECISIONS:
+        if record["decision"] in AUDIT:
             self.audit.answered(flow)
         self.recorder.final(flow, record)
 
@@ -152,7 +135,7 @@ class Parts:
         record = flow.metadata.get(METADATA_KEY)
         if record is None:
             return
-        if record["decision"] in TO_THE_VM:
+        if record["decision"] in FALLBACK_JUDGES:
             self.fallback.on_error(flow, record)
         self.injector.awaiting.discard(flow.id)  # ended before its answer was due
         self.finish(flow, record)

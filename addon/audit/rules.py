@@ -14,9 +14,10 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from . import paths
-from .paths import without_jwt
-from .routes import Route
+from .. import paths
+from ..decisions import Decision
+from ..paths import without_jwt
+from ..route_cache import Route
 
 RULES = (
     "api_key_on_vm", "jwt_on_cp", "jwt_mismatch", "not_allowlisted", "not_routed",
@@ -194,7 +195,7 @@ class Audit:
         if served is None or served.fallback_done or not self.recent(served, now) or self.moved_on(served):
             allowlisted = tail is not None and paths.is_allowlisted(tail, self.subresources)
             self.check(verdict, "not_routed", by_id and cached and allowlisted, flow_id)
-            return "client_cp", verdict
+            return Decision.CLIENT_CP, verdict
         verdict.exchange = served
         self.settle(served)
         stale_jwt = served.status in (401, 403)  # the SDKs' own rule: re-issue once on a stale jwt
@@ -205,7 +206,7 @@ class Audit:
             self.note(verdict, "auth_fallback")
         served.fallbacks.append(flow_id)
         served.unanswered.add(flow_id)
-        return "client_fallback", verdict
+        return Decision.CLIENT_FALLBACK, verdict
 
     def moved_on(self, exchange: VmExchange) -> bool:
         """Whether the session's route was evicted after the exchange for another reason (a

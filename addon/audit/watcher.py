@@ -14,15 +14,16 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from . import paths
-from .audit import Audit, VmExchange
-from .bodies import is_gone, may_be_gone
-from .injector import FaultInjection
-from .paths import jwt_of
-from .recorder import DecisionRecorder, record_of
-from .reissue import ControlPlaneFallback
-from .router import BrowserRouting
-from .routes import Route
+from .. import paths
+from ..bodies import is_gone, may_be_gone
+from ..decisions import Decision
+from ..fallback import ControlPlaneFallback
+from ..faults.responder import FaultInjection
+from ..paths import jwt_of
+from ..recorder import DecisionRecorder, record_of
+from ..route_cache import Route
+from ..router import Router
+from .rules import Audit, VmExchange
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def retry_count(request: http.Request) -> int | None:
 
 class RoutingAudit:
     def __init__(
-        self, router: BrowserRouting, fallback: ControlPlaneFallback,
+        self, router: Router, fallback: ControlPlaneFallback,
         injector: FaultInjection, recorder: DecisionRecorder,
     ) -> None:  # fmt: skip
         self.router = router
@@ -46,6 +47,11 @@ class RoutingAudit:
         self.open: dict[str, VmExchange] = {}  # flow id -> the exchange it is, or re-issues
         self.waiting: dict[VmExchange, tuple[http.HTTPFlow, asyncio.TimerHandle]] = {}
         router.listeners.append(self.cache_changed)
+
+    def take_over(self, old: RoutingAudit) -> None:
+        """On a reload: what the audit knows and judged, and the exchanges still open or waiting
+        for a fallback."""
+        self.audit, self.open, self.waiting = old.audit, old.open, old.waiting
 
     @property
     def active(self) -> bool:
@@ -71,7 +77,7 @@ class RoutingAudit:
     def cache_changed(self, change: str, route: Route, reason: str, cause: str | None) -> None:
         if not self.active:
             return
-        if change == "route_cached":
+        if change == Decision.ROUTE_CACHED:
             self.audit.route_cached(route)
         else:
             self.audit.route_evicted(route, reason, time.monotonic(), cause)
@@ -106,7 +112,7 @@ class RoutingAudit:
         assert verdict.exchange is not None
         self.open[flow.id] = verdict.exchange
         self.recorder.decide(
-            flow, "client_routed", session_id=session, vm_url=flow.request.url,
+            flow, Decision.CLIENT_ROUTED, session_id=session, vm_url=flow.request.url,
             violations=verdict.violations, notes=verdict.notes, injected=kind,
         )  # fmt: skip
 
@@ -141,21 +147,21 @@ class RoutingAudit:
         """An audited flow ended: answered, or not (an error, a stream that broke off)."""
         exchange = self.open.pop(flow.id, None)
         record = record_of(flow)
-        if record is None or (exchange is None and record["decision"] != "client_cp"):
+        if record is None or (exchange is None and record["decision"] != Decision.CLIENT_CP):
             return
         status = flow.response.status_code if flow.response else None
         error = flow.error.msg if flow.error else None
         if exchange is None:  # a plain CP request
-            self.recorder.decide(flow, "client_cp", cp_status=status, error=error)
+            self.recorder.decide(flow, Decision.CLIENT_CP, cp_status=status, error=error)
             return
-        if record["decision"] == "client_routed":
+        if record["decision"] == Decision.CLIENT_ROUTED:
             gone = flow.response is not None and flow.error is None and is_gone(flow.response)
             evicts = self.audit.vm_answered(exchange, status, gone, time.monotonic())
             if evicts and record["session_id"]:
                 self.router.evict(record["session_id"], "browser_gone", flow)
             if exchange.missing:
                 self.await_fallback(exchange, flow)
-            self.recorder.decide(flow, "client_routed", vm_status=status, error=error)
+            self.recorder.decide(flow, Decision.CLIENT_ROUTED, vm_status=status, error=error)
         else:
             self.audit.fallback_answered(exchange, flow.id, status)
             self.recorder.decide(flow, record["decision"], cp_status=status, error=error)

@@ -17,8 +17,8 @@ from typing import IO, Any
 
 from mitmproxy import ctx
 
-from .router import BrowserRouting
-from .routes import Route, dump_routes, journal_line, load_routes, replay_journal
+from .route_cache import Route, dump_routes, journal_line, load_routes, replay_journal
+from .router import Router
 
 logger = logging.getLogger(__name__)
 MIN_JOURNAL = 1000  # lines before the journal may be folded into the snapshot
@@ -41,13 +41,17 @@ def write_private(path: Path, text: str) -> None:
 class RoutesFile:
     """Loads routes from `browserrouting_routes_file` at start and records every change."""
 
-    def __init__(self, router: BrowserRouting) -> None:
+    def __init__(self, router: Router) -> None:
         self.router = router
         self.path: Path | None = None
         self.is_running = False
         self.journal: IO[str] | None = None
         self.journal_lines = 0
         router.listeners.append(self.changed)
+
+    def take_over(self, old: RoutesFile) -> None:
+        """On a reload: nothing to carry; the old part closed its journal, and this one opens
+        the file again from the options when it starts."""
 
     def load(self, loader: Any) -> None:
         loader.add_option(

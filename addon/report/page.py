@@ -24,10 +24,11 @@ from typing import Any
 
 import jinja2
 
-from .report_facts import Facts, facts_of, findings, header_options, summary_chips
-from .report_log import DECISION_ORDER, OPTIONS, Run, load_run, read_run
-from .report_text import clock
-from .report_timeline import (
+from ..decisions import CACHE, ORDER
+from .facts import Facts, facts_of, findings, header_options, summary_chips
+from .log import OPTIONS, Run, load_run, read_run
+from .text import clock
+from .timeline import (
     LANE_H,
     MAX_BUCKETS,
     MAX_DETAILED,
@@ -90,7 +91,7 @@ def environment() -> jinja2.Environment:
     global _ENV
     if _ENV is None:
         _ENV = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+            loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
@@ -130,8 +131,8 @@ def render(runs: Sequence[Run], title: str = "", now: float | None = None) -> st
             "audit": facts.conformance.table() if "audit" in facts.modes else None,
             "decisions": facts.decisions,
         })  # fmt: skip
-    decisions = [d for d in DECISION_ORDER if any(f.decisions[d] for f in all_facts)]
-    decisions += sorted({d for f in all_facts for d in f.decisions if d not in DECISION_ORDER})
+    decisions = [d for d in ORDER if any(f.decisions[d] for f in all_facts)]
+    decisions += sorted({d for f in all_facts for d in f.decisions if d not in ORDER})
     aggregated = any(not lane.detailed for lane in every_lane)
     return environment().get_template("report.html.j2").render(
         title=title or "Browser routing QA report",
@@ -139,6 +140,8 @@ def render(runs: Sequence[Run], title: str = "", now: float | None = None) -> st
         runs=views,
         hosts=hosts_table(runs, all_facts),
         decisions=decisions,
+        flow_decisions=[d for d in ORDER if d not in CACHE],
+        cache_decisions=CACHE,
         inferred=any(o["inferred"] for v in views for o in v["options"]),
         aggregated=aggregated,
         bucket_width=width,

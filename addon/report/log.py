@@ -17,17 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-Record = dict[str, Any]
+from ..decisions import Decision
 
-CACHE_DECISIONS = ("route_cached", "route_evicted", "route_refused")
-DECISION_ORDER = (
-    "routed", "passthrough", "fallback", "no_fallback", "reissue",
-    "client_routed", "client_cp", "client_fallback", *CACHE_DECISIONS,
-)  # fmt: skip
-VM_SIDE = frozenset({"routed", "no_fallback", "fallback", "client_routed"})
-CP_SIDE = frozenset({"passthrough", "reissue", "client_cp", "client_fallback"})
-AUDIT = frozenset({"client_routed", "client_cp", "client_fallback"})
-ROUTE = frozenset({"routed", "passthrough", "fallback", "no_fallback", "reissue"})
+Record = dict[str, Any]
 
 OPTIONS = {  # the options that matter, as the header names them
     "mode": "mode",
@@ -99,10 +91,16 @@ class Run:
         answered = {
             str(c["flow_id"]): c["ts"]
             for c in self.cache
-            if c["decision"] == "route_evicted" and c.get("reason") == "browser_gone" and c.get("flow_id")
+            if c["decision"] == Decision.ROUTE_EVICTED
+            and c.get("reason") == "browser_gone"
+            and c.get("flow_id")
         }
         for flow_id, record in self.flows.items():
-            if record["decision"] == "fallback" and flow_id in answered and flow_id not in self.logged_at:
+            if (
+                record["decision"] == Decision.FALLBACK
+                and flow_id in answered
+                and flow_id not in self.logged_at
+            ):
                 self.logged_at[flow_id] = self.placed[flow_id]
                 self.placed[flow_id] = min(answered[flow_id], self.placed[flow_id])
 

@@ -12,8 +12,9 @@ import json
 import re
 from urllib.parse import unquote_plus
 
-from .report_log import DECISION_ORDER, Record
-from .routes import redact
+from ..decisions import ORDER
+from ..route_cache import redact
+from .log import Record
 
 _JWT_PARAM = re.compile(r"((?:^|[?&\s\"'])jwt=)([^&\s\"'#]*)", re.IGNORECASE)
 _BEARER = re.compile(r"(Bearer\s+)([^\s\"',;]+)", re.IGNORECASE)
@@ -40,7 +41,7 @@ def shown_record(record: Record) -> str:
 
 
 def css_class(decision: str) -> str:
-    return decision if decision in DECISION_ORDER else "other"
+    return decision if decision in ORDER else "other"
 
 
 def offset(seconds: float) -> str:
