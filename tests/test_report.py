@@ -284,7 +284,7 @@ def test_report_command_writes_the_running_proxys_log_with_its_options(
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("demo-report")
-    done = subprocess.run([PYTHON, str(ROOT / "scripts" / "demo.py"), "--report-dir", str(folder)],
+    done = subprocess.run([PYTHON, str(ROOT / "scripts" / "qa_demo"), "--report-dir", str(folder)],
                           capture_output=True, text=True, timeout=90, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"demo: report of this run: {folder / 'report.html'}" in done.stdout

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_base import Figure, Setup, started
-from bench_load import PROXY_HEADER, LoadGenerator, mix_text, request_mix
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
+
+from .base import Figure, Setup, started
+from .load import PROXY_HEADER, LoadGenerator, mix_text, request_mix
 
 NAMES = ("plain", "empty", "addon")
 

@@ -1,54 +1,4 @@
-#!/usr/bin/env python3
-"""What the routing addon costs, against plain mitmdump, on loopback; prints one table with targets.
-
-Throughput: three proxies run at once against one simulator, pinned together on one core
-(`taskset`; the simulator, the clients and the load generator on the other cores): plain
-`mitmdump`, `mitmdump -s scripts/empty_hooks.py` (mitmproxy's charge for any addon) and
-`mitmdump -s addon/browser_routing.py` (no decision log). Each gets the same mix, per 20
-requests: 16 non-browser API calls (GET and POST; the simulator's CP answers 404 JSON), 1
-browser metadata GET, 1 non-allowlisted browser subresource, 2 routed (a GET `fs/read_file`
-and a POST `process/exec`). `wrk` with scripts/bench_wrk.lua sends it (`scripts/setup
---bench` installs wrk); without wrk, a Python load generator with the same mix and the same
-keep-alive connections does. Requests are counted at the servers (the simulator's records,
-by the X-Bench-Proxy header each request carries), in consecutive windows while all three
-run, so machine noise hits the three proxies alike. The windows are spread over several fresh
-starts of the three (`--starts`): one process of the same code runs a few percent faster or
-slower than the next for as long as it lives (where it landed in memory, its hash seed), which
-windows of a single start would read as the addon's cost. The table gives the median
-[min-max] of the per-window ratios, the notes each start's median. It runs twice: against the
-simulator's CP over plain HTTP, where a routed request costs the addon a TLS exchange with the
-VM that plain mitmdump leaves to the CP, and against its CP over HTTPS (`cp_tls`, absolute-form
-`https://` targets), as the live service is served, where both proxies pay TLS upstream for
-every request.
-
-Instructions (`--instructions`): each proxy under valgrind's callgrind, sent the mix over the
-same number of kept-alive connections, 40 requests a connection to warm up, then 100 a
-connection counted from the first sent to the last answered; the instructions counted divided
-by the requests. The same code reads the same to within about 0.3 %, where the live ratio moves
-by a few percent: the figure to compare commits by. It counts user-space instructions only,
-not cache misses, which the live ratio pays for too.
-
-Memory: RSS of mitmdump+addon fed 100,000 routes (400 CP list pages of 250 browsers whose
-cdp_ws_url jwt is 175 characters, from a loopback CP of the bench's own) minus RSS of a
-control mitmdump+addon fed the same bytes with the pages' base_url refused by
-browserrouting_vm_hosts.
-
-Latency figures (requests one at a time, interleaved, medians per round): a routed request
-against the same VM request sent through plain mitmdump; a fallback against the VM hop plus
-the CP hop through plain mitmdump; 50 concurrent fallbacks against one (the CP answering in
-0.5 s, the VM in 0.2 s); the SSE first event routed against straight from the VM; a routed
-request with 100,000 routes cached against 10. Their targets keep them where they were
-before issue 9's work, as this bench measured them (KEEP below).
-
-Routes file: with browserrouting_routes_file set and 10,000 routes cached, the time a list
-page of 250 new browsers takes to pass, plus the longest stall of other requests until the
-file holds them, against the same page through an addon without a routes file; the figure
-is the difference per changed route (a full rewrite of the file a change costs ~100 ms).
-
-Ratios are what to read: absolute times depend on the machine, ratios much less. `--quick`
-is a short run with fewer windows and samples, the memory figure scaled from 10,000 routes
-and the routes-file figure at 1,000 routes. Not a test: `--strict` exits 1 when a target fails.
-"""
+"""The bench's command line: runs each part, prints the table with its targets."""
 
 from __future__ import annotations
 
@@ -58,20 +8,19 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_base import ROOT, SUBRESOURCES, Figure, Pinning, Setup, started
-from bench_fleet import Fleet, quiet_dropped_connections
-from bench_instructions import instruction_figures
-from bench_latency import latency_figures
-from bench_routes import memory_figures, routes_file_figure
-from bench_throughput import cp_label, throughput
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
 
-EMPTY_HOOKS = Path(__file__).resolve().parent / "empty_hooks.py"
+import bench
+
+from .base import ROOT, Figure, Pinning, Setup, addon_options, started, three_proxies, trusting
+from .fleet import Fleet, quiet_dropped_connections
+from .instructions import instruction_figures
+from .latency import latency_figures
+from .routes import memory_figures, routes_file_figure
+from .throughput import cp_label, throughput
+
 CPS = ("CP over HTTP", "CP over HTTPS")  # as cp_label names them
 
 
@@ -126,36 +75,11 @@ def describe(load: str, pinning: Pinning) -> list[str]:
     ]
 
 
-def addon_options(sim: Simulator) -> dict[str, str]:
-    """The addon pointed at the simulator, with no decision log."""
-    return {
-        "browserrouting_control_plane": sim.cp_url,
-        "browserrouting_vm_hosts": sim.vm_host,
-        "browserrouting_subresources": SUBRESOURCES,
-        "browserrouting_log": "",
-        **trusting(sim),
-    }
-
-
-def trusting(sim: Simulator) -> dict[str, str]:
-    """The options of a plain mitmdump that trusts the simulator's CA."""
-    return {"ssl_verify_upstream_trusted_ca": sim.cert_path}
-
-
-def three_proxies(sim: Simulator) -> dict[str, Mitmdump]:
-    """Plain mitmdump, the empty-hook script and the addon, all trusting the simulator's CA."""
-    trust = trusting(sim)
-    return {
-        "plain": Mitmdump(trust, with_addon=False),
-        "empty": Mitmdump(trust, with_addon=False, extra_args=("-s", str(EMPTY_HOOKS))),
-        "addon": Mitmdump(addon_options(sim)),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0],
-        epilog="See the top of scripts/bench.py for how each figure is measured.",
+        prog="scripts/bench",
+        description=(bench.__doc__ or "").split("\n\n")[0],
+        epilog="See scripts/bench/__init__.py for how each figure is measured.",
     )
     parser.add_argument("--quick", action="store_true", help="a short run (fewer windows, samples, routes)")
     parser.add_argument("--windows", type=int, help="throughput windows (default 30; quick 5)")
@@ -231,7 +155,3 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick run" if quick else "full run"
     print_table(figures, [*header, f"{mode}; ratios are what to read"], setup.notes)
     return 1 if args.strict and any(f.verdict == "FAIL" for f in figures) else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

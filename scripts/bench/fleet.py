@@ -14,8 +14,9 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from bench_base import AUTH, ROOT, SUBRESOURCES
 from mitmdump_runner import Mitmdump
+
+from .base import AUTH, ROOT, SUBRESOURCES
 
 JWT_LENGTH = 175
 PAGE = 250  # browsers per CP list page

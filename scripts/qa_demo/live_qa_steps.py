@@ -5,57 +5,30 @@ the VM by itself, a `mitmweb` with `browserrouting_mode=audit` judges each excha
 fault-injection rules added through mitmweb's command API make the VM answer 502 or
 browser_gone on demand. (E) runs route mode against a simulator whose VM answers 502 for
 a deleted browser, as the live VM proxy does today, and reaches the fallback by injecting
-browser_gone. Each step prints through the `Demo` of scripts/demo.py (records, counts,
-PASS/FAIL), so that the output reads as one.
+browser_gone. Each step prints through the harness's `Demo` (records, counts, PASS/FAIL), so
+that the output reads as one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 import kernel
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
 
-if TYPE_CHECKING:
-    from demo import Demo, Record
+from .harness import ROUTING_ENV, Demo, Record, sdk_client
 
-ROUTING_ENV = "KERNEL_BROWSER_ROUTING_SUBRESOURCES"
 SDK_ROUTING = "telemetry"  # the SDK's own allowlist in (D), as in the reference's live QA
 # The SDK's second retry comes 0.75-1 s after the VM's answer: a window of 1.5 s sees it as a
 # retry, and keeps the wait for a missing fallback short.
 AUDIT_WINDOW_MS = 1500
 VM_PATH = "/browser/kernel/telemetry"
-
-
-def sdk_client(
-    api_key: str, base_url: str, *, routing: str, proxy: Mitmdump | None, max_retries: int
-) -> kernel.Kernel:
-    """The official SDK. `routing` is its KERNEL_BROWSER_ROUTING_SUBRESOURCES, read when the
-    client is built; with no proxy the client talks to the CP directly."""
-    previous = os.environ.get(ROUTING_ENV)
-    os.environ[ROUTING_ENV] = routing
-    try:
-        if proxy is None:
-            http_client = kernel.DefaultHttpxClient(trust_env=False)
-        else:  # the VM speaks HTTPS: through the proxy, trust mitmproxy's CA
-            tls = ssl.create_default_context(cafile=str(proxy.ca_cert))
-            http_client = kernel.DefaultHttpxClient(proxy=proxy.url, verify=tls)
-        return kernel.Kernel(
-            api_key=api_key, base_url=base_url, http_client=http_client, timeout=10, max_retries=max_retries
-        )
-    finally:
-        if previous is None:
-            os.environ.pop(ROUTING_ENV, None)
-        else:
-            os.environ[ROUTING_ENV] = previous
 
 
 @dataclass

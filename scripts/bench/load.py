@@ -1,6 +1,7 @@
 """The load of the throughput figures: the request mix, and a process sending it to one proxy,
-wrk with bench_wrk.lua or, without wrk, this file run as a Python load generator
-(`bench_load.py PORT MIX_FILE NAME SECONDS CONNECTIONS`) with the same mix and keep-alive connections."""
+wrk with wrk.lua or, without wrk, this module run as a Python load generator
+(`python -m bench.load PORT MIX_FILE NAME SECONDS CONNECTIONS` from scripts/) with the same mix
+and keep-alive connections."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench_base import API_KEY
 from mitmdump_runner import Mitmdump
 
-WRK_SCRIPT = Path(__file__).resolve().parent / "bench_wrk.lua"
+from .base import API_KEY
+
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk.lua"
+SCRIPTS = Path(__file__).resolve().parents[1]  # where `python -m bench.load` finds the package
 PROXY_HEADER = "x-bench-proxy"  # names the proxy a request crossed, for the servers to count
 
 
@@ -53,7 +56,7 @@ def mix_text(mix: list[tuple[str, str, str]]) -> str:
 
 
 def raw_request(method: str, url: str, body: str, name: str) -> bytes:
-    """The absolute-form HTTP/1.1 request a client sends to a proxy, as bench_wrk.lua renders it."""
+    """The absolute-form HTTP/1.1 request a client sends to a proxy, as wrk.lua renders it."""
     head = [
         f"{method} {url} HTTP/1.1",
         f"Host: {urlsplit(url).netloc}",
@@ -72,10 +75,13 @@ class LoadGenerator:
         if kind == "wrk":
             cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(WRK_SCRIPT)]
             cmd += [proxy.url, "--", str(mix_file), name]
-        else:
-            cmd = [sys.executable, __file__, str(proxy.port), str(mix_file), name, str(seconds), str(conns)]
+        else:  # `-m` puts the working directory, scripts/, on the child's sys.path
+            cmd = [sys.executable, "-m", "bench.load", str(proxy.port), str(mix_file), name, str(seconds)]
+            cmd.append(str(conns))
         self.name = name
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            cmd, cwd=SCRIPTS, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
 
     def result(self) -> int:
         """Requests the generator completed, by its own count."""

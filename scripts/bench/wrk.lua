@@ -1,6 +1,6 @@
--- wrk drives one proxy with the request mix that scripts/bench.py writes to a file.
+-- wrk drives one proxy with the request mix that the bench (scripts/bench) writes to a file.
 --
---   wrk -t1 -c10 -d60s --timeout 10s -s scripts/bench_wrk.lua http://127.0.0.1:PROXY_PORT -- MIX NAME
+--   wrk -t1 -c10 -d60s --timeout 10s -s scripts/bench/wrk.lua http://127.0.0.1:PROXY_PORT -- MIX NAME
 --
 -- wrk has no proxy support: it connects to the proxy's port and sends absolute-form request
 -- targets (`GET http://127.0.0.1:CP/apps HTTP/1.1`) with the CP's Host header, which
@@ -15,7 +15,7 @@ local next_index = 0
 function init(args)
   local path, name = args[1], args[2]
   if not path or not name then
-    error("usage: wrk ... -s bench_wrk.lua URL -- MIX_FILE PROXY_NAME")
+    error("usage: wrk ... -s wrk.lua URL -- MIX_FILE PROXY_NAME")
   end
   for line in io.lines(path) do
     local method, target, body = line:match("^(%u+) (%S+) ?(.*)$")

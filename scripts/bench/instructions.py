@@ -1,6 +1,6 @@
 """The instructions a request costs each proxy, counted by valgrind's callgrind: the mix over
 the throughput figure's number of kept-alive connections, a warm-up, then a fixed number of
-requests counted from the first sent to the last answered (`bench.py --instructions`). A count
+requests counted from the first sent to the last answered (`--instructions`). A count
 does not depend on what else the machine runs, nor on where the process landed in memory; the
 same code reads the same to within about 0.3 %, so it is the figure to compare
 between commits."""
@@ -16,11 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from bench_base import Figure
-from bench_load import exchange, mix_text, raw_mix, request_mix, starts
-from bench_throughput import NAMES, cp_label, served_by_proxy
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
+
+from .base import Figure
+from .load import exchange, mix_text, raw_mix, request_mix, starts
+from .throughput import NAMES, cp_label, served_by_proxy
 
 WARMUP = 40  # requests a connection before counting: valgrind translates the code paths first
 COUNTED = 100  # requests a connection counted: five times through the mix

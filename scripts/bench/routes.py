@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import httpx
-from bench_base import AUTH, Figure, Setup, interleaved, keep, median_ms, ms_vs, started, timed
-from bench_fleet import PAGE, Fleet, session_id
 from mitmdump_runner import Mitmdump
+
+from .base import AUTH, Figure, Setup, interleaved, keep, median_ms, ms_vs, started, timed
+from .fleet import PAGE, Fleet, session_id
 
 
 def rss_mib(proxy: Mitmdump) -> float:

@@ -1,5 +1,5 @@
-"""What the parts of scripts/bench.py share: the API key, the Figure each part returns and the
-targets it keeps, the run's settings, where the proxies run, and the timing helpers."""
+"""What the bench's parts share: the API key, the Figure each part returns and the targets it
+keeps, the run's settings, the proxies compared and where they run, and the timing helpers."""
 
 from __future__ import annotations
 
@@ -13,14 +13,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmdump_runner import Mitmdump
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from simulator import Simulator
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 API_KEY = "sk-bench"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SUBRESOURCES = "telemetry,process,fs,curl"
+EMPTY_HOOKS = ROOT / "scripts" / "empty_hooks.py"
 # Figures to keep where they are: this bench's value for the addon before issue 9's work
 # (commit 19d8b45, full run), issue 9's value (measured another way), and the PASS limit.
 KEEP = {
@@ -75,6 +79,32 @@ def started(pinning: Pinning, *proxies: Mitmdump) -> Iterator[None]:
     finally:
         for proxy in proxies:
             proxy.cleanup()
+
+
+def addon_options(sim: Simulator) -> dict[str, str]:
+    """The addon pointed at the simulator, with no decision log."""
+    return {
+        "browserrouting_control_plane": sim.cp_url,
+        "browserrouting_vm_hosts": sim.vm_host,
+        "browserrouting_subresources": SUBRESOURCES,
+        "browserrouting_log": "",
+        **trusting(sim),
+    }
+
+
+def trusting(sim: Simulator) -> dict[str, str]:
+    """The options of a plain mitmdump that trusts the simulator's CA."""
+    return {"ssl_verify_upstream_trusted_ca": sim.cert_path}
+
+
+def three_proxies(sim: Simulator) -> dict[str, Mitmdump]:
+    """Plain mitmdump, the empty-hook script and the addon, all trusting the simulator's CA."""
+    trust = trusting(sim)
+    return {
+        "plain": Mitmdump(trust, with_addon=False),
+        "empty": Mitmdump(trust, with_addon=False, extra_args=("-s", str(EMPTY_HOOKS))),
+        "addon": Mitmdump(addon_options(sim)),
+    }
 
 
 @dataclass

@@ -8,9 +8,10 @@ import time
 from urllib.parse import quote
 
 import httpx
-from bench_base import AUTH, Figure, Setup, interleaved, keep, median_ms, ms_vs, timed
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
+
+from .base import AUTH, Figure, Setup, interleaved, keep, median_ms, ms_vs, timed
 
 
 def latency_figures(setup: Setup, sim: Simulator, plain: Mitmdump, addon: Mitmdump, sid: str) -> list[Figure]:
