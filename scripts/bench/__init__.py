@@ -1,31 +1,37 @@
 """What the routing addon costs, against plain mitmdump, on loopback; prints one table with targets.
 
-Throughput: three proxies run at once against one simulator, pinned together on one core
-(`taskset`; the simulator, the clients and the load generator on the other cores): plain
-`mitmdump`, `mitmdump -s scripts/empty_hooks.py` (mitmproxy's charge for any addon) and
-`mitmdump -s addon/browser_routing.py` (no decision log). Each gets the same mix, per 20
-requests: 16 non-browser API calls (GET and POST; the simulator's CP answers 404 JSON), 1
-browser metadata GET, 1 non-allowlisted browser subresource, 2 routed (a GET `fs/read_file`
-and a POST `process/exec`). `wrk` with wrk.lua sends it (`scripts/setup
---bench` installs wrk); without wrk, a Python load generator with the same mix and the same
-keep-alive connections does. Requests are counted at the servers (the simulator's records,
-by the X-Bench-Proxy header each request carries), in consecutive windows while all three
-run, so machine noise hits the three proxies alike. The windows are spread over several fresh
-starts of the three (`--starts`): one process of the same code runs a few percent faster or
-slower than the next for as long as it lives (where it landed in memory, its hash seed), which
-windows of a single start would read as the addon's cost. The table gives the median
-[min-max] of the per-window ratios, the notes each start's median. It runs twice: against the
-simulator's CP over plain HTTP, where a routed request costs the addon a TLS exchange with the
-VM that plain mitmdump leaves to the CP, and against its CP over HTTPS (`cp_tls`, absolute-form
-`https://` targets), as the live service is served, where both proxies pay TLS upstream for
-every request.
+Throughput: four proxies run at once against one simulator, pinned together on one core
+(`taskset`; the simulator, the clients and the load generators on the other cores). The
+baseline judged is what a user runs instead of the addon: plain `mitmdump` with a client that
+routes by itself, sending the routed calls to the VM with the route's jwt in the query and no
+Authorization, as an SDK with its own routing does; `mitmdump -s scripts/empty_hooks.py`
+(mitmproxy's charge for any addon) gets that client's calls too. `mitmdump -s
+addon/browser_routing.py` (no decision log) gets the same calls addressed to the CP, and
+routes them; so both sides make the same VM exchanges. The fourth, plain mitmdump sent every
+call addressed to the CP (routing nothing, no VM exchange), is the baseline before issue 20,
+kept as context (`all to the CP`). Each gets the same mix, per 20 requests: 16 non-browser API
+calls (GET and POST; the simulator's CP answers 404 JSON), 1 browser metadata GET, 1
+non-allowlisted browser subresource, 2 routed (a GET `fs/read_file` and a POST
+`process/exec`). Every client talks plain HTTP to its proxy, absolute-form targets (wrk has no
+CONNECT). `wrk` with wrk.lua sends it (`scripts/setup --bench` installs wrk); without wrk, a
+Python load generator with the same mix and the same keep-alive connections does. Requests
+are counted at the servers (the simulator's records, by the X-Bench-Proxy header each request
+carries), in consecutive windows while all four run, so machine noise hits the proxies
+alike. The windows are spread over several fresh starts of the proxies (`--starts`): one
+process of the same code runs a few percent faster or slower than the next for as long as it
+lives (where it landed in memory, its hash seed), which windows of a single start would read
+as the addon's cost. The table gives the median [min-max] of the per-window ratios, the notes
+each start's median. It runs twice: against the simulator's CP over plain HTTP, and against
+its CP over HTTPS (`cp_tls`, absolute-form `https://` targets), as the live service is served.
+The VM is HTTPS in both.
 
-Instructions (`--instructions`): each proxy under valgrind's callgrind, sent the mix over the
-same number of kept-alive connections, 40 requests a connection to warm up, then 100 a
-connection counted from the first sent to the last answered; the instructions counted divided
-by the requests. The same code reads the same to within about 0.3 %, where the live ratio moves
-by a few percent: the figure to compare commits by. It counts user-space instructions only,
-not cache misses, which the live ratio pays for too.
+Instructions (`--instructions`): plain mitmdump, the empty-hook script and the addon under
+valgrind's callgrind, each sent its mix as above over the same number of kept-alive
+connections, 40 requests a connection to warm up, then 100 a connection counted from the first
+sent to the last answered; the instructions counted divided by the requests. The same code
+reads the same to within about 0.3 %, where the live ratio moves by a few percent: the figure
+to compare commits by. It counts user-space instructions only, not cache misses or waiting,
+which the live ratio pays for too.
 
 Memory: RSS of mitmdump+addon fed 100,000 routes (400 CP list pages of 250 browsers whose
 cdp_ws_url jwt is 175 characters, from a loopback CP of the bench's own) minus RSS of a

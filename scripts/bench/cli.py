@@ -14,14 +14,22 @@ from simulator import Simulator
 
 import bench
 
-from .base import ROOT, Figure, Pinning, Setup, addon_options, started, three_proxies, trusting
+from .base import ROOT, Figure, Pinning, Setup, addon_options, proxies, started, trusting
 from .fleet import Fleet, quiet_dropped_connections
+from .instructions import NAMES as COUNTED_PROXIES
 from .instructions import instruction_figures
 from .latency import latency_figures
 from .routes import memory_figures, routes_file_figure
-from .throughput import cp_label, throughput
+from .throughput import NAMES, cp_label, throughput
 
 CPS = ("CP over HTTP", "CP over HTTPS")  # as cp_label names them
+# The throughput rows in the table's order: the judged one, its reference, the context.
+THROUGHPUT_ROWS = (
+    "addon / plain, client routing",
+    "empty hooks / plain, client routing",
+    "addon / plain, all to the CP",
+)
+INSTRUCTION_ROWS = ("addon, client routing", "empty hooks, client routing")
 
 
 def print_table(figures: list[Figure], header: list[str], notes: list[str]) -> None:
@@ -128,15 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             sid = sim.create_browser()["session_id"]  # the addons learn its route from the mix
             windows = f"{setup.windows} windows of {setup.window_seconds:g} s over {setup.starts} start(s)"
             progress(f"throughput, {cp_label(sim)}: {windows}, load from {load}")
-            figures += throughput(setup, sim, sid, lambda: three_proxies(sim))
+            figures += throughput(setup, sim, sid, lambda: proxies(sim, NAMES))
             if not cp_tls:
                 progress("latency: routed, fallback, SSE, 50 concurrent fallbacks")
                 plain, addon = Mitmdump(trusting(sim), with_addon=False), Mitmdump(addon_options(sim))
                 with started(setup.pinning, plain, addon):
                     figures += latency_figures(setup, sim, plain, addon, sid)
             if args.instructions:
-                progress(f"instructions, {cp_label(sim)}: the three proxies under callgrind, the same mix")
-                figures += instruction_figures(setup.connections, sim, three_proxies(sim), sid)
+                progress(f"instructions, {cp_label(sim)}: plain, empty hooks and the addon under callgrind")
+                figures += instruction_figures(setup.connections, sim, proxies(sim, COUNTED_PROXIES), sid)
     fleet = Fleet()
     try:
         progress(f"memory and lookup: {setup.routes:,} routes")
@@ -147,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         fleet.close()
     order = [
-        *(f"throughput, {who} / plain ({cp}," for cp in CPS for who in ("addon", "empty hooks")),
-        *(f"instructions, plain / {who} ({cp}," for cp in CPS for who in ("addon", "empty hooks")),
+        *(f"throughput, {who} ({cp}," for cp in CPS for who in THROUGHPUT_ROWS),
+        *(f"instructions, plain / {who} ({cp}," for cp in CPS for who in INSTRUCTION_ROWS),
         *("memory", "routes file", "routed", "fallback", "50 "),
     ]
     figures.sort(key=lambda f: next((i for i, p in enumerate(order) if f.name.startswith(p)), len(order)))

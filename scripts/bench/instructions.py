@@ -1,5 +1,6 @@
-"""The instructions a request costs each proxy, counted by valgrind's callgrind: the mix over
-the throughput figure's number of kept-alive connections, a warm-up, then a fixed number of
+"""The instructions a request costs each proxy, counted by valgrind's callgrind: each proxy's
+mix (as the throughput figure sends it; plain mitmdump's client routes by itself) over the
+throughput figure's number of kept-alive connections, a warm-up, then a fixed number of
 requests counted from the first sent to the last answered (`--instructions`). A count
 does not depend on what else the machine runs, nor on where the process landed in memory; the
 same code reads the same to within about 0.3 %, so it is the figure to compare
@@ -20,8 +21,10 @@ from mitmdump_runner import Mitmdump
 from simulator import Simulator
 
 from .base import Figure
-from .load import exchange, mix_text, raw_mix, request_mix, starts
-from .throughput import NAMES, cp_label, served_by_proxy
+from .load import exchange, raw_mix, starts
+from .throughput import cp_label, served_by_proxy, write_mixes
+
+NAMES = ("plain", "empty", "addon")  # the proxies counted
 
 WARMUP = 40  # requests a connection before counting: valgrind translates the code paths first
 COUNTED = 100  # requests a connection counted: five times through the mix
@@ -95,8 +98,7 @@ def instruction_figures(
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise RuntimeError("valgrind is not installed (scripts/setup --bench installs it)")
     workdir = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
-    mix_file = workdir / "mix.txt"
-    mix_file.write_text(mix_text(request_mix(sim.cp_url, sid)))
+    mix_files = write_mixes(sim, sid, NAMES, workdir)
     counted = COUNTED * connections
     try:
         with under_callgrind(proxies, workdir) as outs:
@@ -105,7 +107,7 @@ def instruction_figures(
             async def all_three() -> None:
                 await asyncio.gather(
                     *(
-                        counted_load(proxies[n], raw_mix(mix_file, n), connections, WARMUP, COUNTED)
+                        counted_load(proxies[n], raw_mix(mix_files[n], n), connections, WARMUP, COUNTED)
                         for n in NAMES
                     )
                 )
@@ -123,7 +125,7 @@ def instruction_figures(
     detail += f" instructions a request; {counted} requests counted of each"
     return [
         Figure(
-            f"instructions, plain / addon {label}",
+            f"instructions, plain / addon, client routing {label}",
             [per_request["plain"] / per_request["addon"]],
             "x",
             ">= 0.97",
@@ -131,7 +133,7 @@ def instruction_figures(
             detail,
         ),
         Figure(
-            f"instructions, plain / empty hooks {label}",
+            f"instructions, plain / empty hooks, client routing {label}",
             [per_request["plain"] / per_request["empty"]],
             "x",
             "~0.99 (reference: 0.96-1.02)",

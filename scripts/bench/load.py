@@ -1,7 +1,11 @@
 """The load of the throughput figures: the request mix, and a process sending it to one proxy,
 wrk with wrk.lua or, without wrk, this module run as a Python load generator
 (`python -m bench.load PORT MIX_FILE NAME SECONDS CONNECTIONS` from scripts/) with the same mix
-and keep-alive connections."""
+and keep-alive connections.
+
+The mix comes in two forms: every call addressed to the CP, as a client that leaves the routing
+to the addon sends it, and the routed calls sent to the VM by the client itself, with the
+route's jwt in the query and no API key, as an SDK routing by itself sends them."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import NamedTuple
+from urllib.parse import quote, urlsplit
 
 from mitmdump_runner import Mitmdump
 
@@ -22,50 +27,77 @@ SCRIPTS = Path(__file__).resolve().parents[1]  # where `python -m bench.load` fi
 PROXY_HEADER = "x-bench-proxy"  # names the proxy a request crossed, for the servers to count
 
 
-def request_mix(cp: str, session_id: str) -> list[tuple[str, str, str]]:
-    """Twenty requests (method, absolute URL, JSON body or ""): 16 non-browser API calls
-    (10 GET, 6 POST), 1 browser metadata GET, 1 non-allowlisted subresource, 2 routed."""
+class Call(NamedTuple):
+    """One request of the mix."""
+
+    method: str
+    url: str  # absolute
+    body: str = ""  # JSON, or "" for none
+    api_key: bool = True  # Authorization: Bearer API_KEY; a call to the VM carries the jwt instead
+
+
+def request_mix(cp: str, session_id: str, vm: tuple[str, str] | None = None) -> list[Call]:
+    """Twenty requests: 16 non-browser API calls (10 GET, 6 POST), 1 browser metadata GET, 1
+    non-allowlisted subresource, 2 routed. The routed two go to the CP, or, given the route's
+    `vm` (base_url, jwt), to the VM as an SDK routing by itself sends them: the URL the addon
+    rewrites them to, with no Authorization."""
     browser = f"{cp}/browsers/{session_id}"
+
+    def routed(method: str, tail: str, body: str = "") -> Call:
+        if vm is None:
+            return Call(method, f"{browser}/{tail}", body)
+        base_url, jwt = vm
+        query = f"jwt={quote(jwt, safe='')}"
+        return Call(method, f"{base_url}/{tail}{'&' if '?' in tail else '?'}{query}", body, api_key=False)
+
     return [
-        ("GET", f"{cp}/apps", ""),
-        ("POST", f"{cp}/invocations", '{"app_name":"bench","action_name":"run","payload":"{}"}'),
-        ("GET", browser, ""),
-        ("GET", f"{cp}/deployments?limit=20", ""),
-        ("GET", f"{browser}/fs/read_file?path=/tmp/bench.txt", ""),
-        ("POST", f"{cp}/deployments", '{"entrypoint_rel_path":"main.py","region":"aws.us-east-1a"}'),
-        ("GET", f"{cp}/invocations/inv_bench", ""),
-        ("GET", f"{cp}/profiles", ""),
-        ("POST", f"{cp}/profiles", '{"name":"bench"}'),
-        ("GET", f"{browser}/replays", ""),
-        ("GET", f"{cp}/apps?app_name=bench", ""),
-        ("GET", f"{cp}/proxies", ""),
-        ("POST", f"{browser}/process/exec", '{"command":"true","args":[]}'),
-        ("POST", f"{cp}/invocations", '{"app_name":"bench","action_name":"check","payload":"{}"}'),
-        ("GET", f"{cp}/extensions", ""),
-        ("GET", f"{cp}/deployments/dep_bench", ""),
-        ("POST", f"{cp}/apps", '{"name":"bench","version":"1"}'),
-        ("GET", f"{cp}/invocations?limit=20", ""),
-        ("POST", f"{cp}/proxies", '{"type":"datacenter","name":"bench"}'),
-        ("GET", f"{cp}/apps/bench", ""),
+        Call("GET", f"{cp}/apps"),
+        Call("POST", f"{cp}/invocations", '{"app_name":"bench","action_name":"run","payload":"{}"}'),
+        Call("GET", browser),
+        Call("GET", f"{cp}/deployments?limit=20"),
+        routed("GET", "fs/read_file?path=/tmp/bench.txt"),
+        Call("POST", f"{cp}/deployments", '{"entrypoint_rel_path":"main.py","region":"aws.us-east-1a"}'),
+        Call("GET", f"{cp}/invocations/inv_bench"),
+        Call("GET", f"{cp}/profiles"),
+        Call("POST", f"{cp}/profiles", '{"name":"bench"}'),
+        Call("GET", f"{browser}/replays"),
+        Call("GET", f"{cp}/apps?app_name=bench"),
+        Call("GET", f"{cp}/proxies"),
+        routed("POST", "process/exec", '{"command":"true","args":[]}'),
+        Call("POST", f"{cp}/invocations", '{"app_name":"bench","action_name":"check","payload":"{}"}'),
+        Call("GET", f"{cp}/extensions"),
+        Call("GET", f"{cp}/deployments/dep_bench"),
+        Call("POST", f"{cp}/apps", '{"name":"bench","version":"1"}'),
+        Call("GET", f"{cp}/invocations?limit=20"),
+        Call("POST", f"{cp}/proxies", '{"type":"datacenter","name":"bench"}'),
+        Call("GET", f"{cp}/apps/bench"),
     ]
 
 
-def mix_text(mix: list[tuple[str, str, str]]) -> str:
-    """The mix as the load generators read it: one request a line, `METHOD URL [JSON BODY]`."""
-    return "".join(f"{m} {u} {b}".rstrip() + "\n" for m, u, b in mix)
+def mix_text(mix: list[Call]) -> str:
+    """The mix as the load generators read it: one request a line, `METHOD URL AUTH [JSON BODY]`,
+    AUTH `key` (the API key in Authorization) or `none`."""
+    lines = (f"{c.method} {c.url} {'key' if c.api_key else 'none'} {c.body}".rstrip() for c in mix)
+    return "".join(line + "\n" for line in lines)
 
 
-def raw_request(method: str, url: str, body: str, name: str) -> bytes:
+def read_mix(mix_file: Path) -> list[Call]:
+    calls = []
+    for line in mix_file.read_text().splitlines():
+        method, url, auth, *body = line.split(" ", 3)
+        calls.append(Call(method, url, body[0] if body else "", auth == "key"))
+    return calls
+
+
+def raw_request(call: Call, name: str) -> bytes:
     """The absolute-form HTTP/1.1 request a client sends to a proxy, as wrk.lua renders it."""
-    head = [
-        f"{method} {url} HTTP/1.1",
-        f"Host: {urlsplit(url).netloc}",
-        f"Authorization: Bearer {API_KEY}",
-        f"X-Bench-Proxy: {name}",
-    ]
-    if body:
-        head += ["Content-Type: application/json", f"Content-Length: {len(body.encode())}"]
-    return ("\r\n".join(head) + "\r\n\r\n" + body).encode()
+    head = [f"{call.method} {call.url} HTTP/1.1", f"Host: {urlsplit(call.url).netloc}"]
+    if call.api_key:
+        head.append(f"Authorization: Bearer {API_KEY}")
+    head.append(f"X-Bench-Proxy: {name}")
+    if call.body:
+        head += ["Content-Type: application/json", f"Content-Length: {len(call.body.encode())}"]
+    return ("\r\n".join(head) + "\r\n\r\n" + call.body).encode()
 
 
 class LoadGenerator:
@@ -145,11 +177,7 @@ def starts(requests: list[bytes], conns: int) -> list[int]:
 
 def raw_mix(mix_file: Path, name: str) -> list[bytes]:
     """The mix file's requests as a client sends them to the proxy."""
-    requests = []
-    for line in mix_file.read_text().splitlines():
-        method, url, *body = line.split(" ", 2)
-        requests.append(raw_request(method, url, body[0] if body else "", name))
-    return requests
+    return [raw_request(call, name) for call in read_mix(mix_file)]
 
 
 async def _load(port: int, requests: list[bytes], seconds: float, conns: int) -> int:

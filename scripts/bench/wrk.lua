@@ -4,9 +4,10 @@
 --
 -- wrk has no proxy support: it connects to the proxy's port and sends absolute-form request
 -- targets (`GET http://127.0.0.1:CP/apps HTTP/1.1`) with the CP's Host header, which
--- mitmproxy's regular mode forwards. MIX has one request a line, `METHOD URL [JSON BODY]`;
--- every connection cycles through them in order. Every request carries the bench's API key
--- and `X-Bench-Proxy: NAME`, which tells the servers (the simulator) which proxy it crossed.
+-- mitmproxy's regular mode forwards. MIX has one request a line, `METHOD URL AUTH [JSON BODY]`;
+-- every connection cycles through them in order. A request whose AUTH is `key` carries the
+-- bench's API key (`none`: a call to the VM, its jwt in the URL); every one carries
+-- `X-Bench-Proxy: NAME`, which tells the servers (the simulator) which proxy it crossed.
 -- At the end it prints `bench_wrk: requests=N connect=N read=N write=N timeout=N`.
 
 local mix = {}
@@ -18,13 +19,15 @@ function init(args)
     error("usage: wrk ... -s wrk.lua URL -- MIX_FILE PROXY_NAME")
   end
   for line in io.lines(path) do
-    local method, target, body = line:match("^(%u+) (%S+) ?(.*)$")
+    local method, target, auth, body = line:match("^(%u+) (%S+) (%l+) ?(.*)$")
     if method then
       local headers = {
         ["Host"] = target:match("^%a+://([^/]+)"),
-        ["Authorization"] = "Bearer sk-bench",
         ["X-Bench-Proxy"] = name,
       }
+      if auth == "key" then
+        headers["Authorization"] = "Bearer sk-bench"
+      end
       if body == "" then
         body = nil
       else
