@@ -99,7 +99,9 @@ def stream(path: str, options: Any, max_events: int) -> Answer:
     """An SSE stream read through the SDK's Stream, each event timed as the caller sees it."""
     clock, events = Clock(), []
     try:
-        with CLIENT.get(path, cast_to=object, options=options, stream=True, stream_cls=kernel.Stream[object]) as s:
+        with CLIENT.get(
+            path, cast_to=object, options=options, stream=True, stream_cls=kernel.Stream[object]
+        ) as s:
             status = s.response.status_code
             for event in s:
                 events.append({"t_ms": clock.ms(), "data": event})
@@ -120,7 +122,8 @@ def main() -> int:
     if not routing:
         hello["cannot"]["routing"] = f"kernel {kernel.__version__} has no direct-to-VM routing of its own"
     can = ["stream", "routing"] if routing else ["stream"]
-    return serve(hello, {**handlers, "call": call}, can)
+    status: int = serve(hello, {**handlers, "call": call}, can)
+    return status
 
 
 if __name__ == "__main__":
