@@ -22,7 +22,7 @@ RULES = (
     "api_key_on_vm", "jwt_on_cp", "jwt_mismatch", "not_allowlisted", "not_routed",
     "missing_fallback", "stale_route", "unexpected_fallback", "repeated_fallback",
 )  # fmt: skip
-NOTES = ("vm_retry", "auth_fallback", "injected")
+NOTES = ("vm_retry", "auth_fallback", "gone_before", "injected")
 # Evictions after which the client must not use the route again.
 STALE_REASONS = frozenset({"browser_gone", "delete", "pool_release"})
 
@@ -69,8 +69,9 @@ class VmExchange:
     status: int | None = None
     answered_at: float | None = None  # None while the VM has not answered (or failed)
     gone: bool = False
-    fallbacks: list[str] = field(default_factory=list)
-    retry_allowed: bool = False  # the last fallback's CP answer failed: one more is a retry
+    fallbacks: list[str] = field(default_factory=list)  # the CP requests that re-issued it
+    unanswered: set[str] = field(default_factory=set)  # re-issues the CP has not answered yet
+    fallback_done: bool = False  # a re-issue was answered below 500: the fallback is done
     missing: bool = False  # browser_gone to an eligible GET, no fallback seen yet
 
     @property
@@ -93,6 +94,7 @@ class Audit:
         self.sessions_by_jwt: dict[str, str] = {}
         self.base_paths: dict[Origin, set[str]] = {}
         self.evicted: dict[str, str] = {}  # session id -> why its route went
+        self.gone_kept: set[str] = set()  # sessions whose VM said browser_gone where no fallback applies
         self.last_eviction: dict[str, tuple[float, str | None]] = {}  # session id -> (when, cause)
         self.exchanges: OrderedDict[ExchangeKey, VmExchange] = OrderedDict()  # the latest per key
         self.awaiting: dict[str, list[VmExchange]] = {}  # session -> browser_gone, no fallback yet
@@ -107,6 +109,7 @@ class Audit:
         if (where := origin_of(route.base_url)) is not None:
             self.base_paths.setdefault(where[0], set()).add(where[1])
         self.evicted.pop(route.session_id, None)
+        self.gone_kept.discard(route.session_id)
 
     def route_evicted(self, route: Route, reason: str, now: float = 0.0, cause: str | None = None) -> None:
         """`cause`: the id of the flow whose answer evicted the route (a browser_gone, a delete)."""
@@ -129,10 +132,11 @@ class Audit:
 
     def vm_request(
         self, flow_id: str, session: str | None, cached_jwt: str | None, jwt: str | None,
-        has_api_key: bool, method: str, tail: str, query: str, now: float,
+        has_api_key: bool, method: str, tail: str, query: str, now: float, retry_count: int | None = None,
     ) -> tuple[Verdict, list[VmExchange]]:  # fmt: skip
         """Judge a request the client sent to a VM. Also returns the exchanges whose missing
-        fallback it settles: the client has moved on from them."""
+        fallback it settles: the client has moved on from them. `retry_count`: the request's
+        `x-stainless-retry-count`, which says retry or new call better than timing can."""
         verdict = Verdict()
         stale = session is not None and self.evicted.get(session) in STALE_REASONS
         self.check(verdict, "api_key_on_vm", has_api_key, flow_id)
@@ -140,8 +144,13 @@ class Audit:
         self.check(verdict, "not_allowlisted", not paths.is_allowlisted(tail, self.subresources), flow_id)
         self.check(verdict, "stale_route", stale, flow_id)
         key = (session or "", method, paths.normalize_tail(tail), without_jwt(query))
+        if session in self.gone_kept:
+            self.note(verdict, "gone_before")
         previous = self.exchanges.get(key)
-        if previous is not None and self.recent(previous, now) and (previous.status or 500) >= 500:
+        if retry_count is not None:
+            if retry_count > 0:
+                self.note(verdict, "vm_retry")
+        elif previous is not None and self.recent(previous, now) and (previous.status or 500) >= 500:
             self.note(verdict, "vm_retry")
         eligible_get = method == "GET" and paths.is_fallback_eligible(tail, self.eligible)
         verdict.exchange = VmExchange(flow_id, key, eligible_get, now)
@@ -150,12 +159,18 @@ class Audit:
         self.forget_old(now)
         return verdict, self.awaiting.pop(session, []) if session else []
 
-    def vm_answered(self, exchange: VmExchange, status: int | None, gone: bool, now: float) -> None:
+    def vm_answered(self, exchange: VmExchange, status: int | None, gone: bool, now: float) -> bool:
+        """Record the VM's answer; True when the reference evicts the route for it: only a
+        browser_gone that allows a fallback does. Any other browser_gone keeps the route."""
         exchange.status, exchange.gone, exchange.answered_at = status, gone, now
         if exchange.allows_fallback:
             self.checked["missing_fallback"] += 1
             exchange.missing = True
             self.awaiting.setdefault(exchange.key[0], []).append(exchange)
+            return True
+        if gone and exchange.key[0]:
+            self.gone_kept.add(exchange.key[0])
+        return False
 
     def missing_fallback(self, exchange: VmExchange) -> bool:
         """Settle an exchange whose window ended: True when it broke `missing_fallback`."""
@@ -176,7 +191,7 @@ class Audit:
         served = None
         if session is not None and tail is not None:
             served = self.exchanges.get((session, method, paths.normalize_tail(tail), without_jwt(query)))
-        if served is None or not self.recent(served, now) or self.moved_on(served):
+        if served is None or served.fallback_done or not self.recent(served, now) or self.moved_on(served):
             allowlisted = tail is not None and paths.is_allowlisted(tail, self.subresources)
             self.check(verdict, "not_routed", by_id and cached and allowlisted, flow_id)
             return "client_cp", verdict
@@ -184,11 +199,12 @@ class Audit:
         self.settle(served)
         stale_jwt = served.status in (401, 403)  # the SDKs' own rule: re-issue once on a stale jwt
         self.check(verdict, "unexpected_fallback", not served.allows_fallback and not stale_jwt, flow_id)
-        self.check(verdict, "repeated_fallback", bool(served.fallbacks) and not served.retry_allowed, flow_id)
+        # A second re-issue while the first is in flight; after a failed one, a retry is fine.
+        self.check(verdict, "repeated_fallback", bool(served.unanswered), flow_id)
         if stale_jwt:
             self.note(verdict, "auth_fallback")
         served.fallbacks.append(flow_id)
-        served.retry_allowed = False
+        served.unanswered.add(flow_id)
         return "client_fallback", verdict
 
     def moved_on(self, exchange: VmExchange) -> bool:
@@ -200,9 +216,12 @@ class Audit:
             return False
         return cause != exchange.flow_id and cause not in exchange.fallbacks
 
-    def fallback_answered(self, exchange: VmExchange, cp_status: int | None) -> None:
-        """A CP answer to a fallback that failed (5xx, none) lets the client try once more."""
-        exchange.retry_allowed = cp_status is None or cp_status >= 500
+    def fallback_answered(self, exchange: VmExchange, flow_id: str, cp_status: int | None) -> None:
+        """A re-issue answered below 500 ends the fallback: an identical CP request after it is
+        the caller's next call. One that failed (5xx, none) leaves room for a retry."""
+        exchange.unanswered.discard(flow_id)
+        if cp_status is not None and cp_status < 500:
+            exchange.fallback_done = True
 
     # -- bookkeeping ---------------------------------------------------------
 

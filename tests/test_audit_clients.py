@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -121,9 +122,11 @@ def test_conforming_client_falls_back_once_on_browser_gone_and_audits_ok(
         f"cp-{sid}-1",
         f"cp-{sid}-2",
     ]
-    assert ids(client.call("GET", sid, "telemetry/events", [("limit", "2"), ("offset", "2")])) == [
-        f"cp-{sid}-3",
-        f"cp-{sid}-4",
+    # The caller reads the same page again: the route is gone, so the SDK asks the CP. A new
+    # call, not a second re-issue of the VM's answer (that one was answered).
+    assert ids(client.call("GET", sid, "telemetry/events", [("limit", "2")])) == [
+        f"cp-{sid}-1",
+        f"cp-{sid}-2",
     ]
 
     flows = audited(web, sid, 4)
@@ -137,7 +140,7 @@ def test_conforming_client_falls_back_once_on_browser_gone_and_audits_ok(
     vm = vm_requests(sim, jwt)
     assert [r["status"] for r in vm] == [200, 404] and all("authorization" not in r["headers"] for r in vm)
     cp = cp_requests(sim, sid)
-    assert [r["query"] for r in cp] == ["limit=2", "limit=2&offset=2"]
+    assert [r["query"] for r in cp] == ["limit=2", "limit=2"]
     assert all(r["headers"]["authorization"] == AUTH["Authorization"] for r in cp)
 
     time.sleep(WINDOW_MS / 1000 + 0.3)  # past the window: still no missing fallback
@@ -172,19 +175,60 @@ def test_cp_retry_after_a_vm_502_is_unexpected_fallback(
     ]
 
 
-def test_two_reissues_for_one_browser_gone_is_repeated_fallback(
+def test_a_second_reissue_sent_before_the_first_is_answered_is_repeated_fallback(
     web: Mitmdump, sim: Simulator, raw: RawClient
 ) -> None:
     route = raw.create()
     sim.kill_on_vm(route.session_id)
     assert raw.vm("GET", route, "telemetry/events").json() == GONE
-    for _ in range(2):
-        assert raw.cp("GET", f"/browsers/{route.session_id}/telemetry/events").status_code == 200
-    assert summary(audited(web, route.session_id, 3)) == [
+    sim.set_latency(cp=0.4)  # the first re-issue is still unanswered when the second goes out
+    path = f"/browsers/{route.session_id}/telemetry/events"
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(raw.cp, "GET", path)
+        time.sleep(0.15)
+        second = pool.submit(raw.cp, "GET", path)
+        assert (first.result().status_code, second.result().status_code) == (200, 200)
+    flows = audited(web, route.session_id, 3)
+    assert summary(flows) == [
         ("client_routed", "GET", 404, []),
         ("client_fallback", "GET", 200, []),
         ("client_fallback", "GET", 200, ["repeated_fallback"]),
     ]
+    assert flows[1]["serves"] == flows[2]["serves"] == flows[0]["flow_id"]
+    assert broken_by(audit_table(web), flows) == {"repeated_fallback": [flows[2]["flow_id"]]}
+
+
+def test_the_same_call_after_a_fallback_was_answered_is_a_new_cp_call(
+    web: Mitmdump, sim: Simulator, raw: RawClient
+) -> None:
+    route = raw.create()
+    sim.kill_on_vm(route.session_id)
+    assert raw.vm("GET", route, "telemetry/events").json() == GONE
+    path = f"/browsers/{route.session_id}/telemetry/events"
+    assert [raw.cp("GET", path).status_code for _ in range(2)] == [200, 200]  # one after the other
+    flows = audited(web, route.session_id, 3)
+    assert summary(flows) == [
+        ("client_routed", "GET", 404, []),
+        ("client_fallback", "GET", 200, []),
+        ("client_cp", "GET", 200, []),
+    ]
+    assert broken_by(audit_table(web), flows) == {}
+
+
+def test_a_browser_gone_to_a_post_keeps_the_route_and_the_next_vm_call_conforms(
+    web: Mitmdump, sim: Simulator, raw: RawClient
+) -> None:
+    """The reference evicts only when it falls back: a gone POST leaves the route in place."""
+    client = ReferenceClient(raw)
+    sid = client.create()
+    web.command("browserrouting.inject", f"{sid}/process=gone:1")
+    assert is_gone(client.call("POST", sid, "process/exec", [])), "no fallback on a POST"
+    assert ids(client.call("GET", sid, "telemetry/events", [("limit", "1")])) == [f"vm-{sid}-1"]
+    flows = audited(web, sid, 2)
+    assert summary(flows) == [("client_routed", "POST", 404, []), ("client_routed", "GET", 200, [])]
+    assert [f["notes"] for f in flows] == [["injected"], ["gone_before"]]
+    assert not web.records("route_evicted", sid, wait_for=0) and not cp_requests(sim, sid)
+    assert broken_by(audit_table(web), flows) == {}
 
 
 def test_route_reused_after_browser_gone_is_stale_route(

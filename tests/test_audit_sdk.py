@@ -170,6 +170,57 @@ def test_python_sdk_re_issues_a_vm_403_once_to_the_cp_as_an_auth_fallback(
     assert not vm_requests(sim, jwt)
 
 
+def test_python_sdk_calling_again_after_an_auth_fallback_is_a_new_cp_call(
+    web: Mitmdump, sim: Simulator, sdk: kernel.Kernel
+) -> None:
+    """The same call right after the re-issue was answered: the SDK has no route and asks the
+    CP, which is the caller's next call, not a second re-issue of the VM's 403."""
+    sid, _ = create(sdk, sim)
+    web.command("browserrouting.inject", f"{sid}/telemetry/events=403:1")
+    for _ in range(2):
+        assert [e["id"] for e in events(sdk, sid)][:1] == [f"cp-{sid}-1"]
+    flows = audited(web, sid, 3)
+    assert summary(flows) == [
+        ("client_routed", "GET", 403, []),
+        ("client_fallback", "GET", 200, []),
+        ("client_cp", "GET", 200, []),
+    ]
+    assert [f["notes"] for f in flows] == [["injected"], ["auth_fallback"], []]
+    assert broken_by(audit_table(web), flows) == {}
+
+
+def test_python_sdk_reading_the_stream_after_a_browser_gone_on_it_keeps_a_conforming_route(
+    web: Mitmdump, sim: Simulator, sdk: kernel.Kernel
+) -> None:
+    """The stream allows no fallback, so the reference keeps its route: the next read conforms."""
+    sid, jwt = create(sdk, sim)
+    web.command("browserrouting.inject", f"{sid}/telemetry/stream=gone:1")
+    with pytest.raises(kernel.NotFoundError):
+        read_stream(sdk, sid)
+    assert read_stream(sdk, sid) == [1, 2, 3]
+    flows = audited(web, sid, 2)
+    assert summary(flows) == [("client_routed", "GET", 404, []), ("client_routed", "GET", 200, [])]
+    assert [f["notes"] for f in flows] == [["injected"], ["gone_before"]]
+    assert [r["path"] for r in vm_requests(sim, jwt)] == ["/browser/kernel/telemetry/stream"]
+    assert broken_by(audit_table(web), flows) == {}
+
+
+def test_python_sdk_fresh_call_after_its_retries_of_a_502_is_no_vm_retry(
+    web: Mitmdump, sim: Simulator, sdk: kernel.Kernel
+) -> None:
+    """`x-stainless-retry-count` tells the SDK's retries (1, 2) from the caller's next call (0)."""
+    sid, _ = create(sdk, sim)
+    web.command("browserrouting.inject", f"{sid}/telemetry/stream=502")
+    with pytest.raises(kernel.InternalServerError):
+        read_stream(sdk, sid)
+    web.command("browserrouting.inject.clear")
+    assert read_stream(sdk, sid) == [1, 2, 3]  # at once, well inside the window
+    flows = audited(web, sid, 4)
+    assert summary(flows) == [*[("client_routed", "GET", 502, [])] * 3, ("client_routed", "GET", 200, [])]
+    retried = ["vm_retry", "injected"]
+    assert [f["notes"] for f in flows] == [["injected"], retried, retried, []]
+
+
 def test_python_sdk_delete_then_telemetry_goes_to_the_cp_without_violation(
     web: Mitmdump, sim: Simulator, sdk: kernel.Kernel
 ) -> None:
@@ -191,7 +242,10 @@ def test_python_sdk_delete_then_telemetry_goes_to_the_cp_without_violation(
 
 # --------------------------------------------------------------------------- Node SDK
 
-NODE_RULES = "node-gone/telemetry/stream=gone:1,node-502/telemetry/stream=502,node-403/telemetry/stream=403:1"
+NODE_RULES = (
+    "node-gone/telemetry/stream=gone:1,node-502/telemetry/stream=502,node-403/telemetry/stream=403:1,"
+    "node-502-once/telemetry/stream=502:3"
+)
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +261,7 @@ def node_run(sim: Simulator) -> Iterator[dict[str, Any]]:
         ),
         ("node-gone", [{"op": "stream"}, {"op": "stream"}]),
         ("node-502", [{"op": "stream"}]),
+        ("node-502-once", [{"op": "stream"}, {"op": "stream"}]),
         ("node-403", [{"op": "stream"}, {"op": "stream"}]),
         ("node-delete", [{"op": "stream"}, {"op": "delete"}, {"op": "stream"}]),
     ]:
@@ -252,21 +307,21 @@ def test_node_sdk_clean_run_conforms(node_run: dict[str, Any], sim: Simulator) -
     assert all("authorization" not in r["headers"] for r in vm)
 
 
-def test_node_sdk_reusing_a_gone_stream_route_is_stale_route_and_needs_no_fallback_off_the_registry(
+def test_node_sdk_reading_the_stream_after_a_browser_gone_on_it_conforms(
     node_run: dict[str, Any],
 ) -> None:
     """At its defaults the SDK routes no eligible GET (telemetry/events is not in its allowlist):
-    a gone stream needs no fallback, the next VM call is still on a dead route."""
+    a gone stream needs no fallback, and the reference keeps the route, so the next read conforms."""
     assert steps_of(node_run, "node-gone") == [
         ("create", True, 200, ["cp"]),
         ("stream", False, 404, ["vm"]),
         ("stream", True, 200, ["vm"]),
     ]
-    assert summary(node_run["flows"]["node-gone"]) == [
-        ("client_routed", "GET", 404, []),
-        ("client_routed", "GET", 200, ["stale_route"]),
-    ]
+    flows = node_run["flows"]["node-gone"]
+    assert summary(flows) == [("client_routed", "GET", 404, []), ("client_routed", "GET", 200, [])]
+    assert [f["notes"] for f in flows] == [["injected"], ["gone_before"]]
     assert node_run["table"]["rules"]["missing_fallback"] == {"checked": 0, "broken": []}
+    assert broken_by(node_run["table"], flows) == {}
 
 
 def test_node_sdk_retries_a_vm_502_on_the_vm_without_violation(
@@ -281,6 +336,18 @@ def test_node_sdk_retries_a_vm_502_on_the_vm_without_violation(
     assert [f["notes"] for f in flows] == [["injected"], ["vm_retry", "injected"], ["vm_retry", "injected"]]
     assert broken_by(node_run["table"], flows) == {}
     assert not cp_requests(sim, node_run["sessions"]["node-502"])
+
+
+def test_node_sdk_fresh_call_after_its_retries_of_a_502_is_no_vm_retry(node_run: dict[str, Any]) -> None:
+    assert steps_of(node_run, "node-502-once") == [
+        ("create", True, 200, ["cp"]),
+        ("stream", False, 502, ["vm"] * 3),
+        ("stream", True, 200, ["vm"]),
+    ]
+    flows = node_run["flows"]["node-502-once"]
+    retried = ["vm_retry", "injected"]
+    assert [f["notes"] for f in flows] == [["injected"], retried, retried, []]
+    assert broken_by(node_run["table"], flows) == {}
 
 
 def test_node_sdk_returns_a_vm_403_to_the_caller_and_keeps_the_route_without_violation(

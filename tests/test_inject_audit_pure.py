@@ -159,7 +159,7 @@ def test_a_conforming_vm_request_breaks_no_rule_and_each_rule_counts_it() -> Non
     checked = {r for r, v in table["rules"].items() if v["checked"]}
     assert checked == {"api_key_on_vm", "jwt_mismatch", "not_allowlisted", "stale_route"}
     assert set(table["rules"]) == set(RULES)
-    assert table["notes"] == dict.fromkeys(("vm_retry", "auth_fallback", "injected"), 0)
+    assert table["notes"] == dict.fromkeys(("vm_retry", "auth_fallback", "gone_before", "injected"), 0)
 
 
 @pytest.mark.parametrize(
@@ -235,18 +235,40 @@ def test_a_fallback_after_401_or_403_is_the_sdks_auth_fallback(status: int) -> N
     assert (decision, verdict.violations, verdict.notes) == ("client_fallback", [], ["auth_fallback"])
 
 
-@pytest.mark.parametrize(
-    ("cp_status", "repeated"), [(500, False), (503, False), (None, False), (200, True), (404, True)]
-)
-def test_repeated_fallback_unless_the_cp_itself_failed(cp_status: int | None, repeated: bool) -> None:
+@pytest.mark.parametrize("cp_status", [500, 503, None])
+def test_a_retry_of_a_failed_reissue_is_a_fallback_again(cp_status: int | None) -> None:
     audit = new_audit()
     ex = answered(audit, "v1", 5.0, 404, gone=True)
     assert cp(audit, "c1", 5.1)[1].violations == []
-    audit.fallback_answered(ex, cp_status)
-    assert cp(audit, "c2", 5.2)[1].violations == (["repeated_fallback"] if repeated else [])
-    audit.fallback_answered(ex, 200)
-    assert cp(audit, "c3", 5.3)[1].violations == ["repeated_fallback"], "one retry per CP failure"
-    assert ex.fallbacks == ["c1", "c2", "c3"]
+    audit.fallback_answered(ex, "c1", cp_status)
+    assert cp(audit, "c2", 5.2) == ("client_fallback", Verdict([], [], ex))
+    audit.fallback_answered(ex, "c2", 200)
+    assert ex.fallbacks == ["c1", "c2"] and audit.broken["repeated_fallback"] == []
+
+
+@pytest.mark.parametrize("cp_status", [200, 404, 403])
+def test_after_a_reissue_answered_below_500_the_same_request_is_the_callers_next_call(
+    cp_status: int,
+) -> None:
+    audit = new_audit()
+    audit.route_evicted(Route(SID, BASE, JWT, NAME), "browser_gone")
+    ex = answered(audit, "v1", 5.0, 404, gone=True, query="limit=2")
+    assert cp(audit, "c1", 5.1, cached=False, query="limit=2")[0] == "client_fallback"
+    audit.fallback_answered(ex, "c1", cp_status)
+    decision, verdict = cp(audit, "c2", 5.2, cached=False, query="limit=2")
+    assert (decision, verdict.violations, verdict.exchange) == ("client_cp", [], None)
+    assert ex.fallbacks == ["c1"] and audit.checked["repeated_fallback"] == 1
+
+
+def test_a_second_reissue_while_the_first_is_unanswered_is_repeated_fallback() -> None:
+    audit = new_audit()
+    ex = answered(audit, "v1", 5.0, 404, gone=True)
+    assert cp(audit, "c1", 5.1)[1].violations == []
+    assert cp(audit, "c2", 5.15)[1].violations == ["repeated_fallback"]
+    assert cp(audit, "c3", 5.18)[1].violations == ["repeated_fallback"]
+    audit.fallback_answered(ex, "c1", 200)  # the fallback is done, whatever is still in flight
+    assert cp(audit, "c4", 5.2, cached=False)[0] == "client_cp"
+    assert audit.broken["repeated_fallback"] == ["c2", "c3"]
 
 
 def test_the_window_boundary_just_inside_and_just_outside() -> None:
@@ -272,6 +294,16 @@ def test_vm_retry_is_noted_after_a_5xx_or_no_answer_within_the_window() -> None:
     assert audit.notes["vm_retry"] == 2
 
 
+@pytest.mark.parametrize(("count", "noted"), [(0, False), (1, True), (2, True)])
+def test_the_stainless_retry_count_decides_vm_retry_whatever_the_timing(count: int, noted: bool) -> None:
+    audit = new_audit(window=1.0)
+    answered(audit, "v1", 1.0, 502)
+    verdict, _ = audit.vm_request("v2", SID, JWT, JWT, False, "GET", EVENTS, f"jwt={JWT}", 1.1, count)
+    assert verdict.notes == (["vm_retry"] if noted else [])
+    late, _ = audit.vm_request("v3", SID, JWT, JWT, False, "GET", EVENTS, f"jwt={JWT}", 9.0, count)
+    assert late.notes == (["vm_retry"] if noted else []), "counted by the client, not the clock"
+
+
 def test_missing_fallback_settled_when_the_window_ends_counts_once() -> None:
     audit = new_audit()
     ex = answered(audit, "v1", 1.0, 404, gone=True)
@@ -288,11 +320,26 @@ def test_missing_fallback_settled_by_the_next_vm_request_of_the_session() -> Non
     assert audit.missing_fallback(ex) and audit.broken["missing_fallback"] == ["v1"]
 
 
-def test_a_browser_gone_that_allows_no_fallback_needs_none() -> None:
+def test_a_browser_gone_that_allows_no_fallback_needs_none_and_keeps_the_route() -> None:
     audit = new_audit()
     for i, (method, tail) in enumerate([("POST", EVENTS), ("GET", "telemetry/stream")]):
-        assert not answered(audit, f"v{i}", 1.0, 404, gone=True, method=method, tail=tail).missing
+        ex = vm(audit, f"v{i}", 1.0, method=method, tail=tail)[0].exchange
+        assert ex is not None and not audit.vm_answered(ex, 404, True, 1.0), "no eviction"
+        assert not ex.missing
     assert audit.checked["missing_fallback"] == 0 and audit.awaiting == {}
+    verdict = vm(audit, "v9", 2.0)[0]
+    assert (verdict.violations, verdict.notes) == ([], ["gone_before"])
+    audit.route_cached(Route(SID, BASE, JWT, NAME))  # the CP vouched for the browser again
+    assert vm(audit, "v10", 3.0)[0].notes == []
+
+
+def test_a_browser_gone_to_an_eligible_get_evicts_and_the_next_vm_request_is_stale() -> None:
+    audit = new_audit()
+    ex = vm(audit, "v1", 1.0)[0].exchange
+    assert ex is not None and audit.vm_answered(ex, 404, True, 1.0)
+    audit.route_evicted(Route(SID, BASE, JWT, NAME), "browser_gone")  # what the auditor then does
+    verdict = vm(audit, "v2", 1.1, tail="telemetry/stream")[0]
+    assert (verdict.violations, verdict.notes) == (["stale_route"], [])
 
 
 def test_forget_old_keeps_memory_flat_over_many_exchanges() -> None:
