@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     base_url = os.environ.get("KERNEL_BASE_URL") or service.LIVE_BASE_URL
     where = f"the live service at {base_url}" if args.live else "the simulator"
     log.info("%d cases x %d clients against %s; results in %s", len(cases), len(clients), where, out)
-    signal.signal(signal.SIGTERM, on_sigterm)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     started = time.monotonic()
     results: list[ClientResult] = []
     service_of = service.live if args.live else service.simulated
@@ -157,8 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         for client, folder in zip(clients, folders(out, clients), strict=True):
             results.append(run_client(client, cases, service_of, folder, window))
     except KeyboardInterrupt:
-        print("scripts/conform: interrupted; every browser the run created was deleted", file=sys.stderr)
+        print(
+            "scripts/conform: interrupted; the browsers it created are deleted (unless listed above)",
+            file=sys.stderr,
+        )
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for result in results:
         for entry in apply_expected(result.client.spec, result.verdicts, expected):
             log.warning("listed in --expect but passed (remove it): %s", entry)

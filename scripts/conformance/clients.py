@@ -87,6 +87,8 @@ def prepare(spec: str, cache: Path | None = None) -> Client:
             raise SetupError(f"{spec}: {e}") from None
         if not argv:
             raise SetupError(f"{spec}: no command given")
+        if shutil.which(argv[0]) is None:
+            raise SetupError(f"{spec}: {argv[0]!r} is no program that can be run")
         return Client(spec, argv)
     raise SetupError(
         f"unknown client {spec!r} (want reference, python, python==VERSION, python=PATH, node, "

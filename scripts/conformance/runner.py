@@ -107,6 +107,8 @@ def run_client(
                 if proxy is not None:
                     service.note_created(proxy.read_log())
                 result.left_behind = service.clean_up()
+                if result.left_behind:
+                    log.error("%s: could not delete %s", client.spec, ", ".join(result.left_behind))
                 service.stop()
             if proxy is not None:
                 proxy.stop()

@@ -20,6 +20,7 @@ import os
 import re
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -34,7 +35,7 @@ FLAWS = {
     "fallback_on_5xx": "falls back on a VM 5xx too",
     "fallback_on_post": "falls back on any method",
     "fallback_on_any_path": "falls back on any routed path",
-    "two_reissues": "sends the fallback's CP re-issue twice at once",
+    "two_reissues": "sends the fallback's CP re-issue twice, the second before the first is answered",
     "no_eviction": "keeps the route after a browser_gone fallback",
     "buffered_stream": "reads a whole event stream before the caller sees its first event",
 }
@@ -139,12 +140,29 @@ class Reference:
             self.routes.pop(sid, None)
         cp_query = vm_query if "jwt_on_cp" in self.flaws else query
         if "two_reissues" in self.flaws:
-            twin = threading.Thread(target=self.send, args=(request, method, cp_url, cp_query, self.auth))
-            twin.start()
-            answer = self.send(request, method, cp_url, cp_query, self.auth)
-            twin.join()
-            return answer
+            return self.reissue_twice(request, method, cp_url, cp_query)
         return self.send(request, method, cp_url, cp_query, self.auth)
+
+    def reissue_twice(self, request: Request, method: str, url: str, query: list[Any]) -> Answer:
+        """The flaw `two_reissues`: the first re-issue holds back its (empty) body until the second
+        has its answer, so that the second is surely sent while the first is unanswered."""
+        headers_sent, second_answered = threading.Event(), threading.Event()
+
+        def held_body() -> Iterator[bytes]:
+            headers_sent.set()  # httpx asks for the body once the headers are on their way
+            second_answered.wait(10)
+            yield b""
+
+        first: list[Answer] = []
+        thread = threading.Thread(
+            target=lambda: first.append(self.send(request, method, url, query, self.auth, held_body()))
+        )
+        thread.start()
+        headers_sent.wait(10)
+        self.send(request, method, url, query, self.auth)
+        second_answered.set()
+        thread.join()
+        return first[0]
 
     def falls_back(self, method: str, path: str, answer: Answer) -> bool:
         status = answer["status"]
@@ -158,11 +176,12 @@ class Reference:
         return status == 404 and isinstance(json_body, dict) and json_body.get("code") == "browser_gone"
 
     def send(
-        self, request: Request, method: str, url: str, query: list[Any], headers: dict[str, str]
-    ) -> Answer:
+        self, request: Request, method: str, url: str, query: list[Any], headers: dict[str, str],
+        content: Iterator[bytes] | None = None,
+    ) -> Answer:  # fmt: skip
         body = request.get("body") if method in ("POST", "PUT", "PATCH") else None
         built = self.http.build_request(
-            method, url, params=query, headers=headers, json=body, timeout=seconds(request)
+            method, url, params=query, headers=headers, json=body, content=content, timeout=seconds(request)
         )
         clock = Clock()
         try:
