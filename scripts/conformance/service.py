@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ class Service:
     pool: str | None  # the browser pool the pool cases acquire from (None: they are n/a)
     sse_interval: float | None  # seconds between stream events when known (the simulator's)
     simulator: Simulator | None = None
-    verify: str | bool = True  # how the runner's own calls check the service's TLS
+    verify: ssl.SSLContext | bool = True  # how the runner's own calls check the service's TLS
     created: set[str] = field(default_factory=set)
     acquired: set[tuple[str, str]] = field(default_factory=set)  # (pool, session id)
 
@@ -130,10 +131,11 @@ def live() -> Service:
         "browserrouting_control_plane": f"{parts.scheme}://{parts.netloc}",
         "browserrouting_vm_hosts": os.environ.get("KERNEL_CONFORM_VM_HOSTS", "").strip() or "*.onkernel.com",
     }
-    verify: str | bool = True
+    verify: ssl.SSLContext | bool = True
     if ca := os.environ.get("KERNEL_CONFORM_UPSTREAM_CA", "").strip():
         if not Path(ca).is_file():
             raise SetupError(f"KERNEL_CONFORM_UPSTREAM_CA {ca!r} is not a file")
-        options["ssl_verify_upstream_trusted_ca"] = verify = ca
+        options["ssl_verify_upstream_trusted_ca"] = ca
+        verify = ssl.create_default_context(cafile=ca)
     pool = os.environ.get("KERNEL_CONFORM_POOL", "").strip() or None
     return Service(base_url.rstrip("/"), api_key, options, pool, None, verify=verify)
