@@ -107,7 +107,8 @@ while IFS= read -r line; do
   id=$(jq '.id' <<<"$line")
   case $(jq -r '.op' <<<"$line") in
     hello) jq -cn --argjson id "$id" '{id: $id, ok: true, client: "curl", version: "bash",
-             can: ["create", "call"], cannot: {routing: "curl routes nothing: every call goes to the control plane"}}' ;;
+             can: ["create", "call"],
+             cannot: {routing: "curl routes nothing: every call goes to the control plane"}}' ;;
     create) answer "$id" "$(send POST "$KERNEL_BASE_URL/browsers" '{}')" ;;
     call)
       url="$KERNEL_BASE_URL/browsers/$(jq -r '.session_id | @uri' <<<"$line")/$(jq -r '.path' <<<"$line")"
