@@ -4,6 +4,7 @@ runner's outputs (JUnit, JSON, HTML), its exit status and its usage errors."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,30 @@ def test_a_bad_expect_file_exits_2_naming_its_line(
     expect.write_text("# known\npython fallback_on_browser_gone\njust-one-word\n")
     assert cli.main(["reference", "--expect", str(expect)]) == 2
     assert f"{expect}:3" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- a driver that fails
+
+DYING_DRIVER = """
+import json, sys
+for line in sys.stdin:
+    request = json.loads(line)
+    if request["op"] == "call":
+        sys.stderr.write("driver: cannot go on\\n")
+        sys.exit(3)
+    answer = {"ok": True, "status": 200, "error": None, "session_id": "s-1"}
+    if request["op"] == "hello":
+        answer = {"ok": True, "client": "dying", "can": ["create", "call", "routing"]}
+    print(json.dumps({**answer, "id": request["id"]}), flush=True)
+"""
+
+
+def test_a_driver_that_dies_makes_its_case_an_error_and_is_started_again(tmp_path: Path) -> None:
+    driver = tmp_path / "dying.py"
+    driver.write_text(DYING_DRIVER)
+    client = f"cmd={sys.executable} {driver}"
+    run = conform(tmp_path, client, "--cases", "routes_allowlisted,cp_for_not_allowlisted")
+    assert run.verdicts(client) == {"routes_allowlisted": "error", "cp_for_not_allowlisted": "error"}
+    why = run.case(client, "cp_for_not_allowlisted")["why"]
+    assert "the driver exited during call (exit status 3" in why and "driver: cannot go on" in why
+    assert run.status == 1

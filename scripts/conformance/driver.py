@@ -106,7 +106,9 @@ class Driver:
         return answer
 
     def exit_text(self) -> str:
-        code = self.process.poll() if self.process else None
+        code = None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = self.process.wait(2) if self.process else None  # it closed its stdout: it is ending
         tail = ""
         if self.stderr_path.exists():
             lines = self.stderr_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()

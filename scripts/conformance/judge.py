@@ -34,6 +34,7 @@ class Verdict:
     failing_flow: str | None = None  # the request the repro's curl line replays
     repro: dict[str, str] = field(default_factory=dict)  # "har" and "curl": paths of the files
     seconds: float = 0.0
+    driver_failed: bool = False  # the error was the driver's: it is started again for the next case
 
     @property
     def failed(self) -> bool:
@@ -54,9 +55,9 @@ def run_case(ctx: ClientContext, case: Case) -> Verdict:
     except NotApplicable as e:
         return Verdict(case.id, "n/a", str(e), flows=[r["flow_id"] for r in c.flows], seconds=_since(started))
     except (CaseError, DriverError, RuleRefused) as e:
-        return Verdict(
-            case.id, "error", str(e), flows=[r["flow_id"] for r in c.flows], seconds=_since(started)
-        )
+        flows = [r["flow_id"] for r in c.flows]
+        return Verdict(case.id, "error", str(e), flows=flows, seconds=_since(started),
+                       driver_failed=isinstance(e, DriverError))  # fmt: skip
     finally:
         ctx.proxy.clear()
     verdict = decide(case, c, outcome.problems, outcome.info)

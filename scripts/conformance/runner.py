@@ -91,9 +91,9 @@ def run_client(
             log.info("%s %s: %s %s", client.spec, case.id, verdict.verdict, verdict.why)
             if verdict.verdict == "fail":
                 write_repro(proxy, Scrubber(service.api_key), verdict, client.spec, folder / case.id)
-            if verdict.verdict == "error" and (driver.process is None or driver.process.poll() is not None):
+            if verdict.driver_failed:  # dead, or out of step with its answers: a fresh one
                 driver.stop()
-                ctx.hello = driver.start()  # a dead driver is started again for the next case
+                ctx.hello = driver.start()
             result.verdicts.append(verdict)
     except DriverError as e:
         result.setup_error = str(e)
