@@ -100,3 +100,15 @@ def test_a_failure_writes_a_har_and_a_curl_line_without_secrets(sdks: Run) -> No
     ]
     for text in written:
         assert SIM_API_KEY not in text and not SIM_JWT.search(text)
+
+
+def test_the_html_report_links_a_failure_to_its_flows_and_repro(sdks: Run) -> None:
+    page = (sdks.folder / "report.html").read_text()
+    gone = sdks.case("python", "fallback_on_browser_gone")
+    flow = gone["violations"][0]["flow"]
+    assert (
+        'href="#v-python-fallback_on_browser_gone"' in page
+        and 'id="v-python-fallback_on_browser_gone"' in page
+    )
+    assert f'href="#flow-{flow}"' in page and f'id="flow-{flow}"' in page  # its mark on the timeline
+    assert 'href="out/python/fallback_on_browser_gone/flows.har"' in page
