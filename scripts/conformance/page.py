@@ -18,7 +18,8 @@ from .scrub import Scrubber
 STYLE = """<style>
 .conform table { width: auto; }
 .conform td.v { text-align: center; font-weight: 600; }
-.conform .v-pass { color: #2f9e44; } .conform .v-fail, .conform .v-error { color: #fff; background: #e03131; }
+.conform .v-pass { color: #2f9e44; } .conform .v-fail, .conform .v-error { background: #e03131; }
+.conform .v-fail a, .conform .v-error a { color: #fff; }
 .conform .v-expected { color: #7a5a00; } .conform .v-n\\/a, .conform .v-info { color: #5c636a; }
 .conform dt { margin-top: 6px; font-family: ui-monospace, Menlo, monospace; }
 .conform dd { margin-left: 16px; }
