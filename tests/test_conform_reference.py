@@ -67,11 +67,10 @@ def test_junit_has_a_testsuite_per_client_and_a_testcase_per_case(reference: Run
     assert all(c.find("system-out") is not None and c.find("system-out").text for c in info)  # type: ignore[union-attr]
 
 
-def test_exit_status_follows_the_verdicts(reference: Run, tmp_path: Path) -> None:
+def test_exit_status_follows_the_verdicts(reference: Run) -> None:
+    """1 with a failure or an error (0 without: the bash driver's run in test_conform_live)."""
     failed = any(v in ("fail", "error") for v in reference.verdicts("reference").values())
     assert reference.status == (1 if failed else 0) == reference.report["exit_status"]
-    clean = conform(tmp_path, "reference", "--cases", "routes_allowlisted,cp_for_not_allowlisted")
-    assert (clean.status, set(clean.verdicts("reference").values())) == (0, {"pass"})
 
 
 def test_the_html_report_holds_the_matrix_and_each_run(reference: Run) -> None:
@@ -90,11 +89,9 @@ FLAWS = [
      {"routes_allowlisted", "stream_is_live"}),
     ("jwt_on_cp", "fallback_on_browser_gone,evicts_on_browser_gone,cp_for_not_allowlisted",
      {"fallback_on_browser_gone"}),
-    ("fallback_on_5xx", "no_fallback_on_5xx,no_fallback_on_plain_404,fallback_on_browser_gone",
-     {"no_fallback_on_5xx"}),
-    ("fallback_on_post", "no_fallback_on_post,no_fallback_on_ineligible_path,fallback_on_browser_gone",
-     {"no_fallback_on_post"}),
-    ("fallback_on_any_path", "no_fallback_on_ineligible_path,no_fallback_on_post,fallback_on_browser_gone",
+    ("fallback_on_5xx", "no_fallback_on_5xx,no_fallback_on_plain_404", {"no_fallback_on_5xx"}),
+    ("fallback_on_post", "no_fallback_on_post,no_fallback_on_ineligible_path", {"no_fallback_on_post"}),
+    ("fallback_on_any_path", "no_fallback_on_ineligible_path,no_fallback_on_post",
      {"no_fallback_on_ineligible_path"}),
     ("two_reissues", "fallback_on_browser_gone,evicts_on_browser_gone", {"fallback_on_browser_gone"}),
     ("no_eviction", "evicts_on_browser_gone,fallback_on_browser_gone", {"evicts_on_browser_gone"}),
@@ -125,13 +122,6 @@ def test_a_flawed_reference_fails_exactly_the_cases_of_its_flaw(
         if flaw in VIOLATION:
             assert VIOLATION[flaw] in [v["rule"] for v in found["violations"]], found["why"]
         assert Path(found["repro"]["har"]).is_file() and Path(found["repro"]["curl"]).is_file()
-
-
-@GRAMMAR_XFAIL
-def test_two_reissues_also_fail_the_case_of_a_failing_reissue(tmp_path: Path) -> None:
-    client = flawed("two_reissues")
-    run = conform(tmp_path, client, "--cases", "single_reissue_when_cp_fails")
-    assert run.verdicts(client) == {"single_reissue_when_cp_fails": "fail"}
 
 
 # --------------------------------------------------------------------------- usage
