@@ -268,8 +268,8 @@ def test_report_command_writes_the_running_proxys_log_with_its_options(
         sid = c.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]
         assert c.get(f"{sim.cp_url}/browsers/{sid}/fs/read_file", params={"path": "/x"}).is_success
     web.records("routed", sid)
-    written = web.command("browserrouting.report", str(tmp_path / "r.html"))
-    html = Path(written).read_text()
+    written = Path(web.command("browserrouting.report", str(tmp_path / "r.html")))
+    html = wait_for_page(written)
     assert (
         lanes(html) == [sid]
         and f"<dd>{sim.cp_url}</dd>" in html
@@ -279,6 +279,39 @@ def test_report_command_writes_the_running_proxys_log_with_its_options(
     web.command("set", "browserrouting_log", "")
     with pytest.raises(CommandFailed, match=r"browserrouting\.report: no decision log .*browserrouting_log"):
         web.command("browserrouting.report", str(tmp_path / "none.html"))
+
+
+def wait_for_page(page: Path, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not page.exists():
+        assert time.monotonic() < deadline, f"no page at {page}"
+        time.sleep(0.05)
+    return page.read_text()
+
+
+def test_report_command_renders_off_the_event_loop_while_the_proxy_keeps_answering(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    log, page = tmp_path / "big.jsonl", tmp_path / "big.html"
+    synthetic_log(log, 100_000)
+    with (
+        Mitmdump({**proxy_options(sim), "browserrouting_log": str(log)}, tool="mitmweb") as web,
+        client(web) as c,
+    ):
+        assert web.command("browserrouting.report", str(page)) == str(page)
+        assert not page.exists(), "the command returned before the page was rendered"
+        answered = 0
+        while not page.exists():  # the proxy answers while the page renders
+            c.get(f"{sim.cp_url}/browsers").raise_for_status()
+            answered += 1
+        html = wait_for_page(page)
+        deadline = time.monotonic() + 10
+        while "wrote " + str(page) not in "".join(web.output):  # the event log says so
+            assert time.monotonic() < deadline, "no word of the page in the event log"
+            time.sleep(0.05)
+    assert answered >= 5, f"only {answered} answers while the page rendered"
+    assert html.rstrip().endswith("</html>") and "route_evicted 5000" in html
+    assert not list(tmp_path.glob(".*.partial")), "written whole, then moved into place"
 
 
 @pytest.fixture(scope="module")

@@ -166,5 +166,7 @@ def write_report(logs: Sequence[LogSource], out: str | Path, title: str = "") ->
     runs = [load_run(log.path, log.label, log.options) for log in logs]
     target = Path(out).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render(runs, title), encoding="utf-8")
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(render(runs, title), encoding="utf-8")
+    partial.replace(target)  # a reader never sees half a page
     return target
