@@ -6,7 +6,8 @@ import json
 
 from mitmproxy import http
 
-from .fallback import MAX_GONE_BODY, decode_bounded, is_browser_gone
+from .content_coding import decode_bounded
+from .fallback_rule import MAX_GONE_BODY, is_browser_gone
 
 
 def media_type(headers: http.Headers) -> str:
@@ -41,7 +42,7 @@ def read_404_body(response: http.Response) -> bytes | None:
     or is too large to be browser_gone."""
     if response.raw_content is None or len(response.raw_content) > MAX_GONE_BODY:
         return None
-    return decode_bounded(response.raw_content, response.headers.get("content-encoding", ""))
+    return decode_bounded(response.raw_content, response.headers.get("content-encoding", ""), MAX_GONE_BODY)
 
 
 def may_be_gone(response: http.Response) -> bool:

@@ -11,6 +11,6 @@ _root = str(Path(__file__).resolve().parent.parent)
 if _root not in sys.path:
     sys.path.insert(0, _root)
 
-from addon.chain import Parts  # noqa: E402
+from addon.hooks import BrowserRouting  # noqa: E402
 
-addons = Parts.for_script().chain
+addons = [BrowserRouting.for_script()]

@@ -1,146 +1,37 @@
-"""Decision records: what they hold, how they read in mitmweb, where they are logged.
-
-Pure, no mitmproxy import. Records are JSON-able dicts and never hold a secret in clear.
-"""
+"""The decision vocabulary: every decision a record can carry, and the groups the parts and
+the report sort them by. Defined once here; pure, no mitmproxy import."""
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import time
-from typing import IO, Any
-from urllib.parse import unquote_plus
-
-from .routes import redact
-
-logger = logging.getLogger(__name__)
-
-# Keys of mitmproxy/utils/emoji.py, so mitmweb draws them in the flow list.
-MARKERS = {
-    "routed": ":rocket:",
-    "passthrough": ":arrow_right:",
-    "fallback": ":arrows_counterclockwise:",
-    "no_fallback": ":x:",
-    "reissue": ":leftwards_arrow_with_hook:",
-}
-AUDIT_DECISIONS = frozenset({"client_routed", "client_cp", "client_fallback"})
+from enum import StrEnum
 
 
-def printable(text: str) -> str:
-    """`text` as valid UTF-8: a lone surrogate (JSON's "\\ud800") becomes an escape."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+class Decision(StrEnum):
+    """A record's `decision`. A str, so records stay JSON-able and compare with plain strings."""
+
+    ROUTED = "routed"
+    PASSTHROUGH = "passthrough"
+    FALLBACK = "fallback"
+    NO_FALLBACK = "no_fallback"
+    REISSUE = "reissue"
+    CLIENT_ROUTED = "client_routed"
+    CLIENT_CP = "client_cp"
+    CLIENT_FALLBACK = "client_fallback"
+    ROUTE_CACHED = "route_cached"
+    ROUTE_EVICTED = "route_evicted"
+    ROUTE_REFUSED = "route_refused"
 
 
-def redact_url(url: str) -> str:
-    """The URL with every `jwt` query value cut to a short prefix."""
-    base, sep, query = url.partition("?")
-    if not sep or ("jwt" not in query and "%" not in query):
-        return url  # no name there can read `jwt`
-    parts = []
-    for piece in query.split("&"):
-        key, eq, value = piece.partition("=")
-        if eq and unquote_plus(key) == "jwt":
-            piece = f"{key}={redact(unquote_plus(value))}"
-        parts.append(piece)
-    return base + "?" + "&".join(parts)
-
-
-def marker(record: dict[str, Any]) -> str:
-    """The flow-list marker: an audited flow says whether it conforms."""
-    if record["decision"] in AUDIT_DECISIONS:
-        return ":warning:" if record.get("violations") else ":white_check_mark:"
-    return MARKERS.get(record["decision"], ":default:")
-
-
-def audit_summary(record: dict[str, Any]) -> str:
-    """`audit ok` or `audit <first violation>`, then what the client did and was answered."""
-    d, violations, notes = record["decision"], record.get("violations") or [], record.get("notes") or []
-    vm, cp = record.get("vm_status"), record.get("cp_status")
-    text = f"audit {violations[0] if violations else 'ok'}: {d}"
-    if d == "client_routed":
-        text += f", VM {vm if vm is not None else 'no answer'}"
-    else:
-        text += f" of flow {record.get('serves')}" if d == "client_fallback" else ""
-        text += f", CP {cp if cp is not None else 'no answer'}"
-    if record.get("injected"):
-        text += f" (injected {record['injected']})"
-    return text + (f" [{', '.join(notes)}]" if notes else "")
-
-
-def summary(record: dict[str, Any]) -> str:
-    """One line that says what happened to the flow, starting with the decision, so that
-    mitmweb's narrow Comment column tells decisions apart."""
-    d, reason = record["decision"], record.get("reason")
-    vm, cp = record.get("vm_status"), record.get("cp_status")
-    if d == "routed":
-        text = f"routed to VM {record.get('vm_host', '')}".rstrip()
-        text += f" ({vm})" if vm is not None else ""
-    elif d == "passthrough":
-        text = f"passthrough ({reason})"
-        text += f", CP {cp}" if cp is not None else ""
-    elif d == "fallback":
-        text = f"fallback: VM {vm} browser_gone, CP re-issue {cp if cp is not None else 'failed'}"
-    elif d == "no_fallback":
-        text = f"no_fallback ({reason}), VM {vm if vm is not None else 'no answer'}"
-    elif d == "reissue":
-        text = f"reissue for flow {record.get('serves')}, CP {cp if cp is not None else 'failed'}"
-    elif d in AUDIT_DECISIONS:
-        text = audit_summary(record)
-    else:
-        text = f"{d} ({reason})" if reason else d
-    session = record.get("session_id")
-    return text + (f" [{session}]" if session else "")
-
-
-def comment(record: dict[str, Any]) -> str:
-    """The summary line, then every field of the record in the order it was learned, for
-    mitmweb's Comment tab. The tab folds newlines, so each field line starts with a separator."""
-    lines = [summary(record)]
-    for key, value in record.items():
-        if value is None:
-            continue
-        if key == "cache":
-            value = "; ".join(f"{c['decision']} {c.get('session_id')} ({c.get('reason')})" for c in value)
-            more = record.get("cache_changes", 0) - len(record["cache"])
-            value += f"; and {more} more (see the log)" if more > 0 else ""
-        elif type(value) is list:
-            value = ", ".join(map(str, value)) or "none"
-        lines.append(f"· {key}: {value}")
-    return "\n".join(lines)
-
-
-class JsonLinesLog:
-    """Appends one JSON object per line; a path of "" turns it off."""
-
-    def __init__(self) -> None:
-        self._file: IO[str] | None = None
-        self._failed = False
-
-    def open(self, path: str) -> None:
-        """Switch to `path` ("" closes); OSError when it cannot be opened for append."""
-        new = None
-        if path:  # backslashreplace: text that UTF-8 cannot hold is escaped, never fatal to a write
-            expanded = os.path.expanduser(path)
-            new = open(expanded, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # noqa: SIM115
-        self.close()
-        self._file = new
-        self._failed = False
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Never raises: a failing write (disk full, file gone) is reported once."""
-        if self._file is None:
-            return
-        try:
-            self._file.write(
-                json.dumps({"ts": round(time.time(), 3), **record}, ensure_ascii=False, default=str) + "\n"
-            )
-        except (OSError, ValueError) as e:
-            if not self._failed:
-                logger.warning(f"browserrouting_log: cannot write: {e}")
-            self._failed = True
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+ROUTE_MODE = frozenset(
+    {Decision.ROUTED, Decision.PASSTHROUGH, Decision.FALLBACK, Decision.NO_FALLBACK, Decision.REISSUE}
+)
+AUDIT = frozenset({Decision.CLIENT_ROUTED, Decision.CLIENT_CP, Decision.CLIENT_FALLBACK})
+CACHE = (Decision.ROUTE_CACHED, Decision.ROUTE_EVICTED, Decision.ROUTE_REFUSED)
+ORDER: tuple[str, ...] = tuple(Decision)  # how the report lists them
+# Which side a flow's request went to in the end.
+VM_SIDE = frozenset({Decision.ROUTED, Decision.NO_FALLBACK, Decision.FALLBACK, Decision.CLIENT_ROUTED})
+CP_SIDE = frozenset({Decision.PASSTHROUGH, Decision.REISSUE, Decision.CLIENT_CP, Decision.CLIENT_FALLBACK})
+# The requests that went to the CP as the client sent them: the router learns from their answers.
+CP_AS_SENT = frozenset({Decision.PASSTHROUGH, Decision.CLIENT_CP, Decision.CLIENT_FALLBACK})
+# The flows whose answers come through the fallback: sent to the VM by the addon, or its CP re-issue.
+FALLBACK_JUDGES = frozenset({Decision.ROUTED, Decision.REISSUE})

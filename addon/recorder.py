@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import time
 from collections import Counter
-from typing import Any
+from typing import IO, Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.hooks import UpdateHook
 
 from .bodies import media_type
-from .decisions import JsonLinesLog, comment, marker, printable, redact_url
-from .routes import Route, redact
+from .comments import comment, marker, printable, redact_url
+from .decisions import Decision
+from .route_cache import Route, redact
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +29,42 @@ def record_of(flow: http.HTTPFlow) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+class JsonLinesLog:
+    """Appends one JSON object per line; a path of "" turns it off."""
+
+    def __init__(self) -> None:
+        self._file: IO[str] | None = None
+        self._failed = False
+
+    def open(self, path: str) -> None:
+        """Switch to `path` ("" closes); OSError when it cannot be opened for append."""
+        new = None
+        if path:  # backslashreplace: text that UTF-8 cannot hold is escaped, never fatal to a write
+            expanded = os.path.expanduser(path)
+            new = open(expanded, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # noqa: SIM115
+        self.close()
+        self._file = new
+        self._failed = False
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Never raises: a failing write (disk full, file gone) is reported once."""
+        if self._file is None:
+            return
+        try:
+            self._file.write(
+                json.dumps({"ts": round(time.time(), 3), **record}, ensure_ascii=False, default=str) + "\n"
+            )
+        except (OSError, ValueError) as e:
+            if not self._failed:
+                logger.warning(f"browserrouting_log: cannot write: {e}")
+            self._failed = True
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class DecisionRecorder:
     """Owns `browserrouting_log`; every other part reports decisions through it."""
 
@@ -33,6 +73,11 @@ class DecisionRecorder:
         self.decisions: Counter[str] = Counter()  # final flow decisions and cache changes
         self.outbound: Counter[tuple[str, int]] = Counter()  # requests sent on, by upstream (host, port)
         self.redraws: set[asyncio.Task[None]] = set()
+
+    def take_over(self, old: DecisionRecorder) -> None:
+        """On a reload: the counters, and the log (reopened by configure; old in-flight work
+        writes to it too)."""
+        self.decisions, self.outbound, self.log = old.decisions, old.outbound, old.log
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -99,8 +144,8 @@ class DecisionRecorder:
         self.decisions[decision] += 1
         # Routes cached are summed up per flow by the router: one event-log line per route
         # would flood mitmproxy's log on a large list page. Every change is in the JSON-lines log.
-        if decision != "route_cached":
-            level = logging.WARNING if decision == "route_refused" else logging.INFO
+        if decision != Decision.ROUTE_CACHED:
+            level = logging.WARNING if decision == Decision.ROUTE_REFUSED else logging.INFO
             logger.log(level, f"{decision} {change['session_id']} -> {change['base_url']} ({reason})")
         self.log.write(change)
 

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from mitmproxy import ctx, exceptions, http
@@ -17,10 +17,13 @@ from mitmproxy.net.http import url
 
 from . import paths
 from .bodies import is_json, json_body, media_type
-from .fallback import MAX_GONE_BODY
-from .injector import FaultInjection
+from .decisions import CP_AS_SENT, Decision
+from .fallback_rule import MAX_GONE_BODY
 from .recorder import METADATA_KEY, DecisionRecorder, record_of
-from .routes import Route, RouteCache, iter_routes, refusal_reason, route_refusal
+from .route_cache import Route, RouteCache, iter_routes, refusal_reason, route_refusal
+
+if TYPE_CHECKING:  # the core knows fault injection only as the part it hands routed flows to
+    from .faults import FaultInjection
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +31,6 @@ MODES = ("route", "audit")
 # A page of browsers, decoded: 20,000 browsers are about 10 MB; a larger body teaches nothing.
 MAX_BROWSERS_BODY = 32 * 1024 * 1024
 LEARN_SLICE = 500  # routes learned between two turns of the event loop
-# Decisions of a request to the CP that went there as the client sent it.
-CP_DECISIONS = frozenset({"passthrough", "client_cp", "client_fallback"})
 
 
 def vm_target(base_path: str, route: Route, tail: str, query: str) -> str:
@@ -149,7 +150,7 @@ class QuietRoutedStreams(logging.Filter):
         )
 
 
-class BrowserRouting:
+class Router:
     """Learns routes from control-plane responses and rewrites requests to the VM."""
 
     def __init__(self, recorder: DecisionRecorder, injector: FaultInjection) -> None:
@@ -164,6 +165,10 @@ class BrowserRouting:
         self.subresources: tuple[str, ...] = ()
         self.vm_hosts: tuple[str, ...] = ()
         self.originals: dict[str, ClientRequest] = {}  # of each routed GET in flight, by flow id
+
+    def take_over(self, old: Router) -> None:
+        """On a reload: the routes, and the original requests of flows still in progress."""
+        self.cache, self.originals = old.cache, old.originals
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -252,7 +257,7 @@ class BrowserRouting:
         if flow.response or flow.error or not flow.live:
             return  # answered already (server replay), or an offline read
         record = record_of(flow)
-        if record is not None and record["decision"] == "reissue":
+        if record is not None and record["decision"] == Decision.REISSUE:
             return  # a fallback's re-issue goes to the CP as it is
         if record is not None:  # a replayed flow is decided afresh, or not at all
             del flow.metadata[METADATA_KEY]
@@ -264,16 +269,18 @@ class BrowserRouting:
         path, query = paths.split_path(target)
         sub = paths.parse_subresource_path(path)
         if sub is None:
-            self.recorder.decide(flow, "passthrough", "not_browser_subresource", url=client_url)
+            self.recorder.decide(flow, Decision.PASSTHROUGH, "not_browser_subresource", url=client_url)
             return
         if not paths.is_allowlisted(sub.tail, self.subresources):
             self.recorder.decide(
-                flow, "passthrough", "not_allowlisted", session_id=sub.session_key, url=client_url
+                flow, Decision.PASSTHROUGH, "not_allowlisted", session_id=sub.session_key, url=client_url
             )
             return
         route = self.cache.get(sub.session_key)
         if route is None:
-            self.recorder.decide(flow, "passthrough", "no_route", session_id=sub.session_key, url=client_url)
+            self.recorder.decide(
+                flow, Decision.PASSTHROUGH, "no_route", session_id=sub.session_key, url=client_url
+            )
             return
         client = ClientRequest.of(flow.request, sub.tail)
         try:
@@ -282,7 +289,12 @@ class BrowserRouting:
             client.restore(flow.request)
             why = f"the VM URL cannot be built ({type(e).__name__})"  # the message could hold the jwt
             self.recorder.decide(
-                flow, "passthrough", "rewrite_failed", session_id=route.session_id, url=client_url, error=why
+                flow,
+                Decision.PASSTHROUGH,
+                "rewrite_failed",
+                session_id=route.session_id,
+                url=client_url,
+                error=why,
             )
             return
         if flow.request.method == "GET":  # only a GET can fall back to the CP
@@ -290,7 +302,7 @@ class BrowserRouting:
         host = flow.request.data.host
         self.quiet_streams.vm_hosts.add(host)
         self.recorder.decide(
-            flow, "routed", session_id=route.session_id, url=client_url, vm_url=vm_url,
+            flow, Decision.ROUTED, session_id=route.session_id, url=client_url, vm_url=vm_url,
             vm_host=f"{host}:{flow.request.data.port}",
             injected=self.injector.apply(flow, (route.session_id, route.name), sub.tail),
         )  # fmt: skip
@@ -304,9 +316,9 @@ class BrowserRouting:
     def on_response(self, flow: http.HTTPFlow, record: dict[str, Any]) -> Awaitable[None] | None:
         """Record the CP's status and learn from it; an awaitable when a large page is still
         being learned (see `learn`)."""
-        if record["decision"] not in CP_DECISIONS or not flow.response or not flow.live:
+        if record["decision"] not in CP_AS_SENT or not flow.response or not flow.live:
             return None  # offline reads (mitmdump -nr) keep their recorded decisions and teach nothing
-        if record["decision"] == "passthrough":
+        if record["decision"] == Decision.PASSTHROUGH:
             record["cp_status"] = flow.response.status_code  # the decision stands: only its status is new
         return self.learn(flow) if 200 <= flow.response.status_code < 300 else None
 
@@ -354,18 +366,18 @@ class BrowserRouting:
     def add(self, route: Route, reason: str, flow: http.HTTPFlow | None = None) -> str | None:
         """Cache a route unless its base_url is refused; returns the refusal reason."""
         if refusal := route_refusal(route, self.vm_hosts):
-            self.recorder.cache_changed("route_refused", refusal, route, flow)
+            self.recorder.cache_changed(Decision.ROUTE_REFUSED, refusal, route, flow)
             return refusal
         if self.cache.put(route):
-            self.recorder.cache_changed("route_cached", reason, route, flow)
+            self.recorder.cache_changed(Decision.ROUTE_CACHED, reason, route, flow)
             for listener in self.listeners:
-                listener("route_cached", route, reason, flow.id if flow else None)
+                listener(Decision.ROUTE_CACHED, route, reason, flow.id if flow else None)
         return None
 
     def evict(self, key: str, reason: str, flow: http.HTTPFlow | None = None) -> Route | None:
         route = self.cache.evict(key)
         if route is not None:
-            self.recorder.cache_changed("route_evicted", reason, route, flow)
+            self.recorder.cache_changed(Decision.ROUTE_EVICTED, reason, route, flow)
             for listener in self.listeners:
-                listener("route_evicted", route, reason, flow.id if flow else None)
+                listener(Decision.ROUTE_EVICTED, route, reason, flow.id if flow else None)
         return route

@@ -1,6 +1,6 @@
 """A mitmproxy script whose hooks do nothing: what mitmproxy charges any addon.
 
-`scripts/bench.py` runs it beside plain mitmdump and the routing addon, as the reference
+The bench (`scripts/bench`) runs it beside plain mitmdump and the routing addon, as the reference
 for the addon's throughput (`mitmdump -s scripts/empty_hooks.py`).
 """
 

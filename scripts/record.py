@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Record the demo's scenarios (A, B, C of scripts/demo.py) as mitmproxy flow files.
+"""Record the demo's scenarios (A, B, C of scripts/demo) as mitmproxy flow files.
 
     client --> mitmdump A (the addon, --mode upstream:B, -w client.mitm)
            --> mitmdump B (plain, no addon, -w upstream.mitm) --> simulator
@@ -25,10 +25,11 @@ from typing import Any
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
-import demo  # noqa: E402
 import httpx  # noqa: E402
 import kernel  # noqa: E402
 from mitmdump_runner import Mitmdump  # noqa: E402
+from qa_demo.harness import API_KEY, SUBRESOURCES, Demo  # noqa: E402
+from qa_demo.route_steps import RouteSteps  # noqa: E402
 from simulator import Simulator  # noqa: E402
 
 
@@ -68,7 +69,7 @@ def record(outdir: Path) -> dict[str, Any]:
         options = {
             "browserrouting_control_plane": sim.cp_url,
             "browserrouting_vm_hosts": sim.vm_host,
-            "browserrouting_subresources": demo.SUBRESOURCES,
+            "browserrouting_subresources": SUBRESOURCES,
         }
         recorder = Mitmdump(
             {
@@ -95,15 +96,16 @@ def record(outdir: Path) -> dict[str, Any]:
         with sdk_routing_off():
             http_client = kernel.DefaultHttpxClient(proxy=proxy.url, event_hooks={"request": [capture]})
             client = kernel.Kernel(
-                api_key=demo.API_KEY, base_url=sim.cp_url, http_client=http_client, timeout=10, max_retries=0
+                api_key=API_KEY, base_url=sim.cp_url, http_client=http_client, timeout=10, max_retries=0
             )
         stack.callback(client.close)
-        scenarios = demo.Demo(sim, proxy, client)
+        demo = Demo(sim, proxy, client)
+        scenarios = RouteSteps(demo)
         for step in (scenarios.step_a, scenarios.step_b, scenarios.step_c):
             print(flush=True)
             step()
-        if scenarios.failed:
-            raise RuntimeError(f"the demo's expectations failed while recording: {scenarios.failed}")
+        if demo.failed:
+            raise RuntimeError(f"the demo's expectations failed while recording: {demo.failed}")
     scenario = {"options": options, "requests": requests}
     (outdir / "scenario.json").write_text(json.dumps(scenario, indent=2) + "\n")
     return scenario

@@ -2,7 +2,7 @@
 (and its `h` fixture in conftest.py), the entry script wired as mitmdump wires it.
 
 The fallback's real re-issue goes through `mitmproxy.addons.clientplayback.ReplayHandler`
-(network); here `addon.reissue.ReplayHandler` is replaced by a fake that answers without a
+(network); here `addon.fallback.ReplayHandler` is replaced by a fake that answers without a
 network but, like the real one, runs the re-issue through the addons' own hooks.
 """
 
@@ -25,11 +25,11 @@ from mitmproxy.addons.script import load_script
 from mitmproxy.flow import Error
 from mitmproxy.test import taddons, tflow, tutils
 
-import addon.reissue as reissue_mod
-from addon import chain
+import addon.fallback as reissue_mod
+from addon.fallback import ControlPlaneFallback
+from addon.hooks import BrowserRouting
 from addon.recorder import METADATA_KEY, DecisionRecorder
-from addon.reissue import ControlPlaneFallback
-from addon.router import BrowserRouting
+from addon.router import Router
 
 # --------------------------------------------------------------------------- harness
 
@@ -118,8 +118,8 @@ def fake_replay_handler(reissues: Reissues) -> type:
 @dataclass
 class Harness:
     tctx: taddons.context
-    parts: chain.Parts
-    router: BrowserRouting
+    parts: BrowserRouting
+    router: Router
     fallback: ControlPlaneFallback
     recorder: DecisionRecorder
     reissues: Reissues
@@ -196,14 +196,14 @@ def start(tctx: taddons.context, addons: list[Any]) -> None:
 @contextlib.contextmanager
 def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]) -> Iterator[Harness]:
     # Built exactly as addon/browser_routing.py builds them.
-    parts = chain.Parts()
+    parts = BrowserRouting()
     router, fallback, recorder = parts.router, parts.fallback, parts.recorder
     streamed: dict[str, bytes] = {}
     reissues = Reissues([parts], streamed)
     monkeypatch.setattr(reissue_mod, "ReplayHandler", fake_replay_handler(reissues))
     log_path = tmp_path / "decisions.jsonl"
-    with taddons.context(*parts.chain) as tctx:
-        start(tctx, parts.chain)
+    with taddons.context(parts) as tctx:
+        start(tctx, [parts])
         tctx.configure(router, browserrouting_log=str(log_path), **options)
         try:
             yield Harness(tctx, parts, router, fallback, recorder, reissues, log_path, streamed)

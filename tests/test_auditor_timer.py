@@ -1,4 +1,4 @@
-"""Audit mode's `missing_fallback` in addon/auditor.py: the violation is set on the VM flow when
+"""Audit mode's `missing_fallback` in addon/audit/watcher.py: the violation is set on the VM flow when
 the window ends with no further traffic (a timer), when the client sends its next VM request for
 the session, or at shutdown; the record is logged again and mitmweb is told to redraw the flow.
 
@@ -23,7 +23,7 @@ from mitmproxy import hooks, http
 from mitmproxy.proxy.layers.http import _hooks as http_hooks
 from mitmproxy.test import taddons, tflow
 
-from addon import chain
+from addon.hooks import BrowserRouting
 from addon.recorder import METADATA_KEY
 
 CP = "https://api.example.test"
@@ -47,7 +47,7 @@ class Redraws:
 @dataclass
 class Proxy:
     tctx: taddons.context
-    parts: chain.Parts
+    parts: BrowserRouting
     redraws: Redraws
     log_path: Path
 
@@ -79,9 +79,9 @@ class Proxy:
 
 
 async def start(tmp_path: Path, window_ms: int) -> AsyncIterator[Proxy]:
-    parts = chain.Parts()
+    parts = BrowserRouting()
     redraws = Redraws()
-    addons = [*parts.chain, redraws]
+    addons = [parts, redraws]
     log_path = tmp_path / "decisions.jsonl"
     with taddons.context(*addons) as tctx:
         start_script(tctx, addons)  # what loading the script does: every option, once

@@ -1,4 +1,4 @@
-"""scripts/bench.py: the quick bench prints its table with every figure as a number, and both
+"""scripts/bench: the quick bench prints its table with every figure as a number, and both
 load generators send the same request mix. The values are machine-dependent: not checked."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import bench_load
 import pytest
-from bench_base import API_KEY
+from bench import load
+from bench.base import API_KEY
 from mitmdump_runner import Mitmdump
 from simulator import Simulator
 
@@ -39,7 +39,7 @@ VALUE = re.compile(rf"  ({NUMBER})(?: ms| MB)?(?: \[({NUMBER})-({NUMBER})\])?  "
 
 def bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), *args],
+        [sys.executable, str(ROOT / "scripts" / "bench"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -104,7 +104,7 @@ def test_quick_bench_spreads_the_windows_over_fresh_starts_of_the_proxies(quick_
 
 
 def test_a_ratio_just_under_its_target_does_not_print_as_meeting_it() -> None:
-    from bench_base import Figure
+    from bench.base import Figure
 
     def at_least(v: float) -> bool:
         return v >= 0.97
@@ -124,14 +124,14 @@ def test_bench_help_names_its_options() -> None:
 def test_instruction_counts_are_per_request_of_a_fixed_count_all_answered_by_the_servers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import bench
-    import bench_instructions
+    from bench import instructions
+    from bench.base import three_proxies
 
-    monkeypatch.setattr(bench_instructions, "WARMUP", 4)
-    monkeypatch.setattr(bench_instructions, "COUNTED", 10)
+    monkeypatch.setattr(instructions, "WARMUP", 4)
+    monkeypatch.setattr(instructions, "COUNTED", 10)
     with Simulator() as sim:
         sid = sim.create_browser()["session_id"]
-        addon, empty = bench_instructions.instruction_figures(4, sim, bench.three_proxies(sim), sid)
+        addon, empty = instructions.instruction_figures(4, sim, three_proxies(sim), sid)
     found = re.fullmatch(
         r"plain ([\d.]+) M, empty ([\d.]+) M, addon ([\d.]+) M instructions a request; "
         r"(\d+) requests counted of each",
@@ -174,11 +174,11 @@ def test_load_generator_sends_the_mix_in_equal_shares_with_bodies_and_api_key(
     ):
         cp = sim.cp_url
         session = sim.create_browser()["session_id"]
-        mix = bench_load.request_mix(cp, session)
+        mix = load.request_mix(cp, session)
         mix_file = tmp_path / "mix.txt"
-        mix_file.write_text(bench_load.mix_text(mix))
+        mix_file.write_text(load.mix_text(mix))
         connections = 4
-        counted = bench_load.LoadGenerator(kind, plain, f"gen-{kind}", mix_file, 2, connections).result()
+        counted = load.LoadGenerator(kind, plain, f"gen-{kind}", mix_file, 2, connections).result()
         records = answered_records(sim, f"gen-{kind}")
     assert counted >= 40
     assert counted <= len(records) <= counted + connections  # the servers count the last ones in flight too

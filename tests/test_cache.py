@@ -1,4 +1,4 @@
-"""The route cache (SPEC.md, Route cache): what fills it (browser metadata from a CP origin, by
+"""The route cache: what fills it (browser metadata from a CP origin, by
 id and by name), what evicts it (delete, pool release, vm_hosts narrowed) and what it refuses
 (a base_url off `browserrouting_vm_hosts`). The pure parts are in test_cache_pure.py."""
 
@@ -17,7 +17,7 @@ from proxy_clients import client, vm_hits
 from simulator import Simulator
 
 from addon.recorder import METADATA_KEY
-from addon.routes import Route, redact
+from addon.route_cache import Route, redact
 
 # --------------------------------------------------------------------------- learning
 

@@ -1,4 +1,4 @@
-"""The route cache's pure parts (addon/routes.py): a route from a browser object, routes from any
+"""The route cache's pure parts (addon/route_cache.py): a route from a browser object, routes from any
 JSON, the refusal of a base_url, and RouteCache by id and by name."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from known import JWT, VM_BASE
 
-from addon.routes import (
+from addon.route_cache import (
     Route,
     RouteCache,
     iter_routes,

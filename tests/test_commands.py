@@ -20,15 +20,15 @@ from mitmproxy.addons.script import load_script
 from proxy_clients import client, interrupt, vm_hits
 from simulator import Simulator
 
-from addon import chain
-from addon.auditor import RoutingAudit
+from addon.audit.watcher import RoutingAudit
 from addon.commands import RouteCommands
-from addon.injector import FaultInjection
-from addon.persistence import RoutesFile
+from addon.fallback import ControlPlaneFallback
+from addon.faults.responder import FaultInjection
+from addon.hooks import BrowserRouting
 from addon.recorder import DecisionRecorder
-from addon.reissue import ControlPlaneFallback
-from addon.router import BrowserRouting
-from addon.routes import Route, dump_routes, journal_line, load_routes, replay_journal
+from addon.route_cache import Route, dump_routes, journal_line, load_routes, replay_journal
+from addon.router import Router
+from addon.routes_file import RoutesFile
 
 
 def test_entry_script_wires_the_addons_in_hook_order() -> None:
@@ -39,7 +39,7 @@ def test_entry_script_wires_the_addons_in_hook_order() -> None:
     assert parts.request is None, "no `request` hook to call while no flow waits for an injected answer"
     router, routes_file, fallback, audit, injector, recorder = parts.parts
     commands = parts.commands
-    assert isinstance(router, BrowserRouting)
+    assert isinstance(router, Router)
     assert isinstance(routes_file, RoutesFile)
     assert isinstance(fallback, ControlPlaneFallback)
     assert isinstance(audit, RoutingAudit)
@@ -51,7 +51,7 @@ def test_entry_script_wires_the_addons_in_hook_order() -> None:
     assert fallback.router is router and audit.router is router and audit.fallback is fallback
     assert fallback.recorder is recorder and commands.recorder is recorder and audit.recorder is recorder
     assert audit.injector is injector
-    assert isinstance(parts, chain.Parts) and parts.router is router
+    assert isinstance(parts, BrowserRouting) and parts.router is router
     assert commands.injector is injector and commands.audit is audit
 
 
@@ -200,7 +200,7 @@ async def test_routes_file_write_is_atomic(tmp_path: Path, monkeypatch: pytest.M
         def crash(src: Any, dst: Any) -> None:
             raise OSError("disk full")
 
-        monkeypatch.setattr("addon.persistence.os.replace", crash)
+        monkeypatch.setattr("addon.routes_file.os.replace", crash)
         await script.create("s2")
         script.routes_file.compact()
         assert path.read_text() == before

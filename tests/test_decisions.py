@@ -1,4 +1,4 @@
-"""The decisions as a person reads them (SPEC.md, Decisions): one JSON-lines log line per final
+"""The decisions as a person reads them: one JSON-lines log line per final
 decision and cache change, records that survive a save, mitmweb markers and comments, and no
 API key or jwt in clear anywhere. mitmweb's own UI is in test_decisions_mitmweb.py."""
 
@@ -16,9 +16,9 @@ from known import API_KEY, CP, CP_HOST, JWT, JWT2, JWT_SECRET_PART, SID, SID2, V
 from mitmproxy import io as mitmio
 from mitmproxy.utils.emoji import emoji
 
-from addon.decisions import MARKERS, JsonLinesLog, comment, redact_url, summary
-from addon.recorder import METADATA_KEY
-from addon.routes import redact
+from addon.comments import MARKERS, comment, redact_url, summary
+from addon.recorder import METADATA_KEY, JsonLinesLog
+from addon.route_cache import redact
 
 # --------------------------------------------------------------------------- the log
 

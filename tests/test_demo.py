@@ -1,4 +1,4 @@
-"""`scripts/demo.py`, the README's first command, run as a user would run it."""
+"""`scripts/demo`'s program (scripts/qa_demo), the README's first command, run as a user would run it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "scripts" / "demo.py"
+DEMO = ROOT / "scripts" / "qa_demo"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 STEPS = {

@@ -1,4 +1,4 @@
-"""Which VM answers fall back to the control plane (SPEC.md, Fallback): only a 404
+"""Which VM answers fall back to the control plane: only a 404
 `browser_gone` to a routed GET of an eligible path; every other answer reaches the client as is.
 
 The re-issue itself is in test_fallback_reissue.py; the same rules through a real mitmdump in
@@ -16,7 +16,7 @@ from flows import browser, cp_flow, cp_response, gone_response, json_response, v
 from known import API_KEY, CP, GONE, SID
 from mitmproxy import http
 
-from addon.fallback import MAX_GONE_BODY, is_browser_gone, no_fallback_reason
+from addon.fallback_rule import MAX_GONE_BODY, is_browser_gone, no_fallback_reason
 from addon.paths import is_fallback_eligible
 
 # -------------------------------------------------------------------- routed answers that are no browser_gone
@@ -304,21 +304,23 @@ def _encode(body: bytes, coding: str) -> bytes:
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "deflate-raw", "br", "zstd"])
 def test_decode_bounded_decodes_each_coding_and_refuses_bombs(coding: str) -> None:
-    from addon.fallback import decode_bounded
+    from addon.content_coding import decode_bounded
 
     header = "deflate" if coding == "deflate-raw" else coding
-    assert decode_bounded(_encode(GONE_JSON, coding), header) == GONE_JSON
+    assert decode_bounded(_encode(GONE_JSON, coding), header, MAX_GONE_BODY) == GONE_JSON
     bomb = _encode(b"\0" * (50 * MAX_GONE_BODY), coding)
     assert len(bomb) < MAX_GONE_BODY  # small on the wire ...
-    assert decode_bounded(bomb, header) is None  # ... too big to be browser_gone, never inflated whole
+    assert (
+        decode_bounded(bomb, header, MAX_GONE_BODY) is None
+    )  # ... too big to be browser_gone, never inflated whole
 
 
 def test_decode_bounded_reads_identity_and_layers_and_refuses_unknown_or_broken() -> None:
-    from addon.fallback import decode_bounded
+    from addon.content_coding import decode_bounded
 
-    assert decode_bounded(GONE_JSON, "") == GONE_JSON
-    assert decode_bounded(GONE_JSON, "identity") == GONE_JSON
-    assert decode_bounded(GONE_JSON, "compress") is None  # unknown coding: not decodable
-    assert decode_bounded(b"not gzip", "gzip") is None
+    assert decode_bounded(GONE_JSON, "", MAX_GONE_BODY) == GONE_JSON
+    assert decode_bounded(GONE_JSON, "identity", MAX_GONE_BODY) == GONE_JSON
+    assert decode_bounded(GONE_JSON, "compress", MAX_GONE_BODY) is None  # unknown coding: not decodable
+    assert decode_bounded(b"not gzip", "gzip", MAX_GONE_BODY) is None
     layered = _encode(_encode(GONE_JSON, "gzip"), "br")  # gzip applied first, then br
-    assert decode_bounded(layered, "gzip, br") == GONE_JSON
+    assert decode_bounded(layered, "gzip, br", MAX_GONE_BODY) == GONE_JSON

@@ -1,4 +1,4 @@
-"""The fallback's re-issue (SPEC.md, Fallback): exactly once, to the CP, as the client sent it
+"""The fallback's re-issue: exactly once, to the CP, as the client sent it
 (Authorization restored, no jwt), through mitmproxy's own replay machinery, never routed again; a
 502 `fallback_failed` when the CP gives no whole answer; many fallbacks at once without queueing."""
 
@@ -18,9 +18,9 @@ from mitmproxy.addons import clientplayback
 from mitmproxy.flow import Error
 from mitmproxy.utils.emoji import emoji
 
-import addon.reissue as reissue_mod
+import addon.fallback as reissue_mod
 from addon.recorder import METADATA_KEY
-from addon.routes import Route
+from addon.route_cache import Route
 
 
 async def test_a_browser_gone_is_reissued_once_to_the_cp_as_the_client_sent_it(h: Harness) -> None:
@@ -206,7 +206,7 @@ def test_reissue_uses_mitmproxys_replay_handler() -> None:
 def test_reissue_options_pass_everything_but_streaming() -> None:
     from types import SimpleNamespace
 
-    from addon.reissue import ReissueOptions
+    from addon.fallback import ReissueOptions
 
     real = SimpleNamespace(
         stream_large_bodies="1k", mode=["upstream:http://127.0.0.1:1"], body_size_limit="9m"

@@ -198,14 +198,14 @@ def test_a_delete_answer_with_a_browser_never_teaches_its_route(
 
 def entry_copy(root: Path) -> Path:
     """The addon package with its entry script as a file of its own: touching it reloads only
-    this proxy, not every mitmdump that runs the checkout's script. The modules are links."""
+    this proxy, not every mitmdump that runs the checkout's script. The rest are links."""
     package = root / "addon"
     package.mkdir(parents=True)
-    for module in ADDON.glob("*.py"):
-        if module.name == "browser_routing.py":
-            shutil.copy2(module, package / module.name)
-        else:
-            (package / module.name).symlink_to(module)
+    for entry in ADDON.iterdir():
+        if entry.name == "browser_routing.py":
+            shutil.copy2(entry, package / entry.name)
+        elif entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry)
     return package / "browser_routing.py"
 
 

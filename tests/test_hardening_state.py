@@ -17,9 +17,9 @@ from mitmproxy import http
 from mitmproxy.flow import Error
 from mitmproxy.test import taddons, tflow, tutils
 
-from addon.chain import Parts
+from addon.hooks import BrowserRouting
 from addon.recorder import METADATA_KEY
-from addon.routes import Route
+from addon.route_cache import Route
 
 CP_HOST = "api.example.test"
 SID = "sess-state"
@@ -29,10 +29,10 @@ ENDINGS = ["answered", "answered_404", "errored", "killed", "client_gone", "inje
 
 
 @pytest.fixture(params=["route", "audit"])
-def parts(request: pytest.FixtureRequest) -> Iterator[Parts]:
-    built = Parts()
-    with taddons.context(*built.chain) as tctx:
-        start(tctx, built.chain)
+def parts(request: pytest.FixtureRequest) -> Iterator[BrowserRouting]:
+    built = BrowserRouting()
+    with taddons.context(built) as tctx:
+        start(tctx, [built])
         tctx.configure(
             built.router,
             browserrouting_control_plane=f"https://{CP_HOST}",
@@ -45,7 +45,7 @@ def parts(request: pytest.FixtureRequest) -> Iterator[Parts]:
         yield built
 
 
-def client_request(parts: Parts) -> http.HTTPFlow:
+def client_request(parts: BrowserRouting) -> http.HTTPFlow:
     """In route mode the client asks the CP (the addon routes); in audit mode it asks the VM."""
     if parts.router.mode == "route":
         url = f"https://{CP_HOST}/browsers/{SID}/telemetry/events"
@@ -59,20 +59,20 @@ def client_request(parts: Parts) -> http.HTTPFlow:
     return tflow.tflow(req=request)
 
 
-async def end(parts: Parts, flow: http.HTTPFlow, ending: str) -> None:
+async def end(parts: BrowserRouting, flow: http.HTTPFlow, ending: str) -> None:
     """Take a flow from its request to one ending, through the hooks mitmproxy would call."""
     if ending == "injected_reset":
         parts.injector.add_rule(f"{SID}=reset:1")
-    await run_hook(parts.chain, "requestheaders", flow)
+    await run_hook([parts], "requestheaders", flow)
     if ending != "injected_reset":
-        await run_hook(parts.chain, "request", flow)
+        await run_hook([parts], "request", flow)
     if ending.startswith("answered"):
         status = 404 if ending == "answered_404" else 200
         flow.response = http.Response.make(
             status, b'{"code": "not_found"}', {"Content-Type": "application/json"}
         )
-        await run_hook(parts.chain, "responseheaders", flow)
-        await run_hook(parts.chain, "response", flow)
+        await run_hook([parts], "responseheaders", flow)
+        await run_hook([parts], "response", flow)
         return
     if ending == "killed":
         flow.kill()  # another addon (block_list, a script, mitmweb's kill button)
@@ -80,15 +80,15 @@ async def end(parts: Parts, flow: http.HTTPFlow, ending: str) -> None:
         flow.error = Error("Connection refused")
     elif ending == "client_gone":
         flow.error = Error("Client disconnected.")
-    await run_hook(parts.chain, "error", flow)
+    await run_hook([parts], "error", flow)
 
 
-def open_state(parts: Parts) -> dict[str, int]:
+def open_state(parts: BrowserRouting) -> dict[str, int]:
     return {"originals": len(parts.router.originals), "open": len(parts.audit.open)}
 
 
 @pytest.mark.parametrize("ending", ENDINGS)
-async def test_per_flow_state_is_freed_on_every_ending(parts: Parts, ending: str) -> None:
+async def test_per_flow_state_is_freed_on_every_ending(parts: BrowserRouting, ending: str) -> None:
     flow = client_request(parts)
     await end(parts, flow, ending)
     assert open_state(parts) == {"originals": 0, "open": 0}
@@ -101,10 +101,10 @@ async def test_per_flow_state_is_freed_on_every_ending(parts: Parts, ending: str
         assert (record["decision"], record["reason"]) == ("no_fallback", "vm_error")
 
 
-async def test_a_flow_waiting_for_its_answer_holds_its_state(parts: Parts) -> None:
+async def test_a_flow_waiting_for_its_answer_holds_its_state(parts: BrowserRouting) -> None:
     """The counts above can fail: until the flow ends, its state is there."""
     flow = client_request(parts)
-    await run_hook(parts.chain, "requestheaders", flow)
-    await run_hook(parts.chain, "request", flow)
+    await run_hook([parts], "requestheaders", flow)
+    await run_hook([parts], "request", flow)
     held = "originals" if parts.router.mode == "route" else "open"
     assert open_state(parts)[held] == 1

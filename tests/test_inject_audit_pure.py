@@ -1,6 +1,6 @@
-"""Unit tests of the pure parts of live QA: injection rules (addon/inject.py), the audit's
-judgement (addon/audit.py, driven with times of our choosing) and how audited records read
-(addon/decisions.py). The audit's timer in addon/auditor.py is in tests/test_auditor_timer.py."""
+"""Unit tests of the pure parts of live QA: injection rules (addon/faults/rules.py), the audit's
+judgement (addon/audit/rules.py, driven with times of our choosing) and how audited records read
+(addon/comments.py). The audit's timer in addon/audit/watcher.py is in tests/test_auditor_timer.py."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from urllib.parse import quote
 import pytest
 from mitmproxy.utils.emoji import emoji
 
-from addon import inject, paths
-from addon.audit import RULES, Audit, Verdict, session_claim
-from addon.decisions import audit_summary, comment, marker
-from addon.routes import Route
+from addon import paths
+from addon.audit.rules import RULES, Audit, Verdict, session_claim
+from addon.comments import audit_summary, comment, marker
+from addon.faults import rules as inject
+from addon.route_cache import Route
 
 SID, NAME = "sess-1", "qa-name"
 JWT = "tok+jwt/1="

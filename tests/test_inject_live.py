@@ -59,7 +59,7 @@ def rule_list(proxy: Mitmdump) -> list[dict[str, Any]]:
 
 
 def assert_injected(got: Answer, kind: str) -> None:
-    """The injected answer as SPEC.md gives it: the status, a JSON object body."""
+    """The injected answer of each kind: its status, a JSON object body."""
     assert got.status == STATUS[kind], got
     assert got.headers["content-type"] == "application/json"
     body = got.json()

@@ -1,4 +1,4 @@
-"""The addon's options (SPEC.md, Options): parsing of each list, the allowlist's default from
+"""The addon's options: parsing of each list, the allowlist's default from
 $KERNEL_BROWSER_ROUTING_SUBRESOURCES, the defaults, and a bad value refused naming the option,
 live (the previous values kept) and at start (mitmdump does not start)."""
 

@@ -17,12 +17,14 @@ from hypothesis import strategies as st
 from mitmproxy.net.http.url import hostport
 from mitmproxy.test import tflow, tutils
 
-from addon import audit, inject, paths
-from addon.decisions import comment, printable, redact_url, summary
-from addon.fallback import decode_bounded, is_browser_gone
+from addon import paths
+from addon.audit import rules as audit
+from addon.comments import comment, printable, redact_url, summary
+from addon.content_coding import decode_bounded
+from addon.fallback_rule import is_browser_gone
+from addon.faults import rules as inject
 from addon.recorder import DecisionRecorder
-from addon.router import rewrite_to_vm, vm_origin, vm_target
-from addon.routes import (
+from addon.route_cache import (
     Route,
     RouteCache,
     iter_routes,
@@ -31,6 +33,7 @@ from addon.routes import (
     route_from_object,
     route_refusal,
 )
+from addon.router import rewrite_to_vm, vm_origin, vm_target
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,4 +1,4 @@
-"""The QA report (addon/report.py, scripts/report.py, `browserrouting.report`): one page a person
+"""The QA report (addon/report/, scripts/report.py, `browserrouting.report`): one page a person
 reads. Unit tests on small hand-made logs; the command through a real mitmweb; the demo's own
 report in headless Chromium (screenshot in `artifacts/`); a 100,000-record log in bounded time
 and size."""
@@ -23,6 +23,8 @@ from proxy_clients import API_KEY, client
 from simulator import Simulator
 
 from addon import report
+from addon.report import log as report_log
+from addon.report import timeline as report_timeline
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
@@ -42,7 +44,7 @@ def rec(
 
 
 def page_of(*records: dict[str, Any], options: dict[str, str] | None = None) -> str:
-    return report.render([report.read_run(map(json.dumps, records), "t.jsonl", options=options)])
+    return report.render([report_log.read_run(map(json.dumps, records), "t.jsonl", options=options)])
 
 
 def lanes(html: str) -> list[str]:
@@ -177,7 +179,7 @@ def test_everything_is_escaped_and_no_secret_is_shown_in_clear() -> None:
 def test_lines_that_are_no_record_are_skipped_and_flows_of_no_session_share_a_lane() -> None:
     lines = ["not json", "[1, 2]", '{"no": "decision"}', "", json.dumps(FALLBACK[2])]
     lines += [json.dumps(rec("passthrough", f"n{i}", 3.0 + i, None, url=f"{CP}/browsers")) for i in range(2)]
-    run = report.read_run(lines, "t.jsonl")
+    run = report_log.read_run(lines, "t.jsonl")
     assert (run.skipped, list(run.flows)) == (3, ["r", "n0", "n1"])
     html = report.render([run])
     assert "3 lines that are no record skipped" in html and lanes(html) == ["s1"]
@@ -240,14 +242,16 @@ def test_a_100000_record_log_renders_in_under_10_s_with_every_record_accounted_f
     html = page.read_text()
     assert took < 10, f"{took:.1f} s"
     assert len(html) < 8_000_000, "the page's size is bounded"
-    assert len(re.findall(r'<g class="lane"', html)) == report.MAX_LANES
+    assert len(re.findall(r'<g class="lane"', html)) == report_timeline.MAX_LANES
     assert 'data-kind="folded"' in html and "more sessions" in html
     marks = len(re.findall(r'<g class="(?:mark|tick)[^"]*" data-flow', html))  # not the legend's
     buckets = [int(n) for n in re.findall(r'class="bucket [^"]*"[^>]*data-count="(\d+)"', html)]
-    assert marks <= report.MAX_DETAILED and len(buckets) <= report.MAX_BUCKETS and buckets
+    assert marks <= report_timeline.MAX_DETAILED and len(buckets) <= report_timeline.MAX_BUCKETS and buckets
     assert marks + sum(buckets) == 100_000, "each flow and cache change is a mark or in a bucket's count"
     xs = [int(x) for x in re.findall(r'class="bucket [^"]*" x="(\d+)"', html)]
-    assert min(xs) >= report.PLOT_X and max(xs) < report.PLOT_X + report.PLOT_W, "buckets on the time axis"
+    assert min(xs) >= report_timeline.PLOT_X and max(xs) < report_timeline.PLOT_X + report_timeline.PLOT_W, (
+        "buckets on the time axis"
+    )
     assert changes == 5000 and "route_evicted 5000" in html
 
 
@@ -264,8 +268,8 @@ def test_report_command_writes_the_running_proxys_log_with_its_options(
         sid = c.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]
         assert c.get(f"{sim.cp_url}/browsers/{sid}/fs/read_file", params={"path": "/x"}).is_success
     web.records("routed", sid)
-    written = web.command("browserrouting.report", str(tmp_path / "r.html"))
-    html = Path(written).read_text()
+    written = Path(web.command("browserrouting.report", str(tmp_path / "r.html")))
+    html = wait_for_page(written)
     assert (
         lanes(html) == [sid]
         and f"<dd>{sim.cp_url}</dd>" in html
@@ -277,10 +281,43 @@ def test_report_command_writes_the_running_proxys_log_with_its_options(
         web.command("browserrouting.report", str(tmp_path / "none.html"))
 
 
+def wait_for_page(page: Path, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not page.exists():
+        assert time.monotonic() < deadline, f"no page at {page}"
+        time.sleep(0.05)
+    return page.read_text()
+
+
+def test_report_command_renders_off_the_event_loop_while_the_proxy_keeps_answering(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    log, page = tmp_path / "big.jsonl", tmp_path / "big.html"
+    synthetic_log(log, 100_000)
+    with (
+        Mitmdump({**proxy_options(sim), "browserrouting_log": str(log)}, tool="mitmweb") as web,
+        client(web) as c,
+    ):
+        assert web.command("browserrouting.report", str(page)) == str(page)
+        assert not page.exists(), "the command returned before the page was rendered"
+        answered = 0
+        while not page.exists():  # the proxy answers while the page renders
+            c.get(f"{sim.cp_url}/browsers").raise_for_status()
+            answered += 1
+        html = wait_for_page(page)
+        deadline = time.monotonic() + 10
+        while "wrote " + str(page) not in "".join(web.output):  # the event log says so
+            assert time.monotonic() < deadline, "no word of the page in the event log"
+            time.sleep(0.05)
+    assert answered >= 5, f"only {answered} answers while the page rendered"
+    assert html.rstrip().endswith("</html>") and "route_evicted 5000" in html
+    assert not list(tmp_path.glob(".*.partial")), "written whole, then moved into place"
+
+
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("demo-report")
-    done = subprocess.run([PYTHON, str(ROOT / "scripts" / "demo.py"), "--report-dir", str(folder)],
+    done = subprocess.run([PYTHON, str(ROOT / "scripts" / "qa_demo"), "--report-dir", str(folder)],
                           capture_output=True, text=True, timeout=90, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"demo: report of this run: {folder / 'report.html'}" in done.stdout

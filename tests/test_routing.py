@@ -1,4 +1,4 @@
-"""The rewrite of a routed request (SPEC.md, Routing): scheme, host, port and path from the route's
+"""The rewrite of a routed request: scheme, host, port and path from the route's
 base_url, the jwt added, Authorization dropped, all else kept; why a CP request passes through;
 and through a real mitmdump, that the API key never reaches the VM nor the jwt the CP."""
 
@@ -21,7 +21,7 @@ from proxy_clients import AUTH, client, create_browser, events_url, requests_to
 from simulator import Simulator
 
 from addon.recorder import METADATA_KEY
-from addon.routes import redact
+from addon.route_cache import redact
 
 # --------------------------------------------------------------------------- the rewrite
 

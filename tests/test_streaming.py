@@ -17,7 +17,7 @@ from mitmproxy import http
 from proxy_clients import client, create_browser, requests_to
 from simulator import Simulator
 
-from addon.fallback import MAX_GONE_BODY
+from addon.fallback_rule import MAX_GONE_BODY
 
 # --------------------------------------------------------------------------- which answers stream
 

@@ -55,10 +55,8 @@ class ControlPlane:
             connector=connector,
             auto_decompress=False,  # relay the VM's bytes as sent (gzip included)
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=300, sock_read=300),
+            middlewares=(_one_attempt,),
         )
-        # aiohttp sends an idempotent request again when its connection drops (RFC 9112 9.3.1);
-        # the CP relays what the VM did, once: a reset is the client's 502, counted once.
-        self._client._retry_connection = False
 
     async def close(self) -> None:
         if self._client is not None:
@@ -166,6 +164,18 @@ class ControlPlane:
             return ex.error(502, "bad_gateway", "browser VM unreachable")
         async with resp:
             return await _relay(ex, resp)
+
+
+async def _one_attempt(req: aiohttp.ClientRequest, send: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+    """The VM's answer to one attempt; a dropped connection ends the request. aiohttp sends an
+    idempotent request again when its connection drops (RFC 9112 9.3.1): around the
+    middlewares, on ClientOSError or ServerDisconnectedError. Raised as their base class, the
+    drop is not retried: the CP relays what the VM did, once, and a reset is the client's 502,
+    counted once."""
+    try:
+        return await send(req)
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        raise aiohttp.ClientConnectionError(*exc.args) from exc
 
 
 async def _relay(ex: Exchange, resp: aiohttp.ClientResponse) -> web.StreamResponse:
