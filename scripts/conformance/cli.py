@@ -140,30 +140,35 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="conform: %(message)s")
     for chatty in ("httpx", "kernel_simulator"):  # a line per request
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    try:
-        cases, expected, window, api_key, clients = setup(args)
-    except (SetupError, ValueError, OSError) as e:
-        print(f"scripts/conform: {e}", file=sys.stderr)
-        return 2
     out = args.keep or ROOT / "artifacts" / "conform" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base_url = os.environ.get("KERNEL_BASE_URL") or service.LIVE_BASE_URL
-    where = f"the live service at {base_url}" if args.live else "the simulator"
-    log.info("%d cases x %d clients against %s; results in %s", len(cases), len(clients), where, out)
     previous = signal.signal(signal.SIGTERM, on_sigterm)
-    started = time.monotonic()
-    results: list[ClientResult] = []
-    service_of = service.live if args.live else service.simulated
     try:
-        for client, folder in zip(clients, folders(out, clients), strict=True):
-            results.append(run_client(client, cases, service_of, folder, window))
+        try:
+            cases, expected, window, api_key, clients = setup(args)
+            out.mkdir(parents=True, exist_ok=True)
+        except (SetupError, ValueError, OSError) as e:
+            print(f"scripts/conform: {e}", file=sys.stderr)
+            return 2
+        return run(args, cases, expected, window, clients, out, Scrubber(api_key))
     except KeyboardInterrupt:
-        print(
-            "scripts/conform: interrupted; the browsers it created are deleted (unless listed above)",
-            file=sys.stderr,
-        )
+        print("scripts/conform: interrupted (a run's browsers are deleted, or named above)", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace, cases: list[Case], expected: list[Expected], window: int,
+        clients: list[Client], out: Path, scrub: Scrubber) -> int:  # fmt: skip
+    """Every client in turn, then the report; KeyboardInterrupt on Ctrl-C or SIGTERM."""
+    base_url = os.environ.get("KERNEL_BASE_URL") or service.LIVE_BASE_URL
+    where = f"the live service at {base_url}" if args.live else "the simulator"
+    log.info("%d cases x %d clients against %s; results in %s", len(cases), len(clients), where, out)
+    started = time.monotonic()
+    service_of = service.live if args.live else service.simulated
+    results = [
+        run_client(client, cases, service_of, folder, window)
+        for client, folder in zip(clients, folders(out, clients), strict=True)
+    ]
     for result in results:
         for entry in apply_expected(result.client.spec, result.verdicts, expected):
             log.warning("listed in --expect but passed (remove it): %s", entry)
@@ -171,4 +176,4 @@ def main(argv: list[str] | None = None) -> int:
         "service": where, "allowlist": ALLOWLIST, "audit_window_ms": window, "results": str(out),
         "seconds": round(time.monotonic() - started),
     }  # fmt: skip
-    return report(args, results, cases, meta, Scrubber(api_key))
+    return report(args, results, cases, meta, scrub)
