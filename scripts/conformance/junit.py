@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from .cases import catalog
 from .judge import Verdict
 from .runner import ClientResult, slug
 from .scrub import Scrubber
 
 
 def body(v: Verdict) -> str:
-    """A failure's full text: every finding with its full flow id, and the repro."""
-    lines = [f"violation {rule} on flow {flow}" for rule, flow in v.violations]
+    """A failure's full text: what the case checks, every finding with its full flow id, the repro."""
+    case = catalog()[v.case]
+    lines = [f"the case checks: {case.checks}", f"the reference's rule: {case.reference}"]
+    lines += [f"violation {rule} on flow {flow}" for rule, flow in v.violations]
     lines += [
         f"wrong result: {problem}" + (f" (flow {flow})" if flow else "") for problem, flow in v.problems
     ]
@@ -30,7 +33,7 @@ def testcase(parent: ET.Element, classname: str, v: Verdict, scrub: Scrubber) ->
         kind = v.violations[0][0] if v.violations else "wrong_result"
         ET.SubElement(element, "failure", message=why, type=kind).text = scrub.text(body(v))
     elif v.verdict == "error":
-        ET.SubElement(element, "error", message=why, type="error").text = scrub.text(body(v)) or why
+        ET.SubElement(element, "error", message=why, type="error").text = scrub.text(body(v))
     elif v.verdict in ("n/a", "expected"):
         ET.SubElement(element, "skipped", message=f"{v.verdict}: {why}")
     elif v.verdict == "info":

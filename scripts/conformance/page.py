@@ -11,6 +11,7 @@ from pathlib import Path
 
 from addon.report import LogSource, write_report
 
+from .cases import catalog
 from .outputs import by_case, cell
 from .runner import ClientResult, slug
 from .scrub import Scrubber
@@ -49,7 +50,8 @@ def section(
                 text = f'<a href="#{anchor(r.client.spec, case_id)}">{text}</a>'
             kind = html.escape(verdict.verdict) if verdict else "none"
             cells.append(f'<td class="v v-{kind}">{text}</td>')
-        rows.append(f"<tr><td class=mono>{case_id}</td>{''.join(cells)}</tr>")
+        checks = html.escape(catalog()[case_id].checks)
+        rows.append(f'<tr><td class=mono title="{checks}">{case_id}</td>{"".join(cells)}</tr>')
     notes = []
     for r in results:
         run = runs.get(r.client.spec)
