@@ -189,16 +189,25 @@ def test_python_sdk_calling_again_after_an_auth_fallback_is_a_new_cp_call(
     assert broken_by(audit_table(web), flows) == {}
 
 
+def stream_after_a_fault(
+    web: Mitmdump, sim: Simulator, sdk: kernel.Kernel, kind: str, error: type[Exception]
+) -> tuple[str, list[dict[str, Any]]]:
+    """A new browser's stream answered `kind` (the SDK raises `error`), the rule cleared, the
+    stream read again: the browser's jwt and its audited flows."""
+    sid, jwt = create(sdk, sim)
+    web.command("browserrouting.inject", f"{sid}/telemetry/stream={kind}")
+    with pytest.raises(error):
+        read_stream(sdk, sid)
+    web.command("browserrouting.inject.clear")
+    assert read_stream(sdk, sid) == [1, 2, 3]  # at once, well inside the window
+    return jwt, audited(web, sid, 2 if kind == "gone:1" else 4)
+
+
 def test_python_sdk_reading_the_stream_after_a_browser_gone_on_it_keeps_a_conforming_route(
     web: Mitmdump, sim: Simulator, sdk: kernel.Kernel
 ) -> None:
     """The stream allows no fallback, so the reference keeps its route: the next read conforms."""
-    sid, jwt = create(sdk, sim)
-    web.command("browserrouting.inject", f"{sid}/telemetry/stream=gone:1")
-    with pytest.raises(kernel.NotFoundError):
-        read_stream(sdk, sid)
-    assert read_stream(sdk, sid) == [1, 2, 3]
-    flows = audited(web, sid, 2)
+    jwt, flows = stream_after_a_fault(web, sim, sdk, "gone:1", kernel.NotFoundError)
     assert summary(flows) == [("client_routed", "GET", 404, []), ("client_routed", "GET", 200, [])]
     assert [f["notes"] for f in flows] == [["injected"], ["gone_before"]]
     assert [r["path"] for r in vm_requests(sim, jwt)] == ["/browser/kernel/telemetry/stream"]
@@ -209,13 +218,7 @@ def test_python_sdk_fresh_call_after_its_retries_of_a_502_is_no_vm_retry(
     web: Mitmdump, sim: Simulator, sdk: kernel.Kernel
 ) -> None:
     """`x-stainless-retry-count` tells the SDK's retries (1, 2) from the caller's next call (0)."""
-    sid, _ = create(sdk, sim)
-    web.command("browserrouting.inject", f"{sid}/telemetry/stream=502")
-    with pytest.raises(kernel.InternalServerError):
-        read_stream(sdk, sid)
-    web.command("browserrouting.inject.clear")
-    assert read_stream(sdk, sid) == [1, 2, 3]  # at once, well inside the window
-    flows = audited(web, sid, 4)
+    _, flows = stream_after_a_fault(web, sim, sdk, "502", kernel.InternalServerError)
     assert summary(flows) == [*[("client_routed", "GET", 502, [])] * 3, ("client_routed", "GET", 200, [])]
     retried = ["vm_retry", "injected"]
     assert [f["notes"] for f in flows] == [["injected"], retried, retried, []]

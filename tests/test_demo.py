@@ -71,6 +71,10 @@ def test_demo_audits_the_sdks_own_routing_and_finds_no_browser_gone_fallback(
     findings = [p for p in passes(d) if p.startswith("expected finding for kernel")]
     assert [("missing_fallback" in p, "stale_route" in p) for p in findings] == [(True, False), (False, True)]
     assert re.search(r"missing_fallback 1/1 .*stale_route \d+/1 ", d)
+    # A browser_gone on the stream allows no fallback: the route is kept, the next read conforms.
+    assert re.search(r"^\s+client_routed\s+VM 404\s+ok \[injected gone\]\s+GET \S+/telemetry/stream", d, re.M)
+    assert re.search(r"^\s+client_routed\s+VM 200\s+ok \[gone_before\]\s+GET \S+/telemetry/stream", d, re.M)
+    assert "notes: vm_retry 2, auth_fallback 0, gone_before 1," in d
 
 
 def test_demo_on_a_live_like_vm_gets_the_502_and_falls_back_only_when_gone_is_injected(

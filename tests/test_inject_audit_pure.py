@@ -1,6 +1,6 @@
 """Unit tests of the pure parts of live QA: injection rules (addon/faults/rules.py), the audit's
 judgement (addon/audit/rules.py, driven with times of our choosing) and how audited records read
-(addon/comments.py). The audit's timer in addon/audit/watcher.py is in tests/test_auditor_timer.py."""
+(addon/comments.py). The audit's timer in addon/audit/watcher.py is in tests/test_audit_timer.py."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ ORIGIN = ("https", "proxy.vm.test", 8443)
 EVENTS = "telemetry/events"
 
 
-# =========================================================================== inject.py
+# =========================================================================== faults/rules.py
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_answer_is_the_kinds_status_and_a_json_object(kind: str) -> None:
         assert isinstance(doc, dict) and doc["code"] != "browser_gone" and doc["message"]
 
 
-# =========================================================================== audit.py
+# =========================================================================== audit/rules.py
 
 
 def new_audit(window: float = 1.0) -> Audit:
@@ -424,7 +424,7 @@ def test_vm_tail_with_default_port_trailing_slash_and_host_case() -> None:
     assert audit.vm_tail(("https", "proxy.vm.test", 443), "/browser/kernel/curl/raw") == "curl/raw"
 
 
-# =========================================================================== decisions.py
+# =========================================================================== comments.py
 
 
 AUDITED = ("client_routed", "client_cp", "client_fallback")

@@ -234,6 +234,28 @@ def audit_sdk_routing(demo: Demo, qa: LiveQa) -> None:
         [r["violations"] for r in stale],
     )
 
+    demo.say("    a browser_gone where no fallback applies: a new browser, its stream answered gone once")
+    other = client.browsers.create().session_id
+    demo.remember(other)
+    rule = f"{other}/telemetry/stream=gone:1"
+    demo.say(f"    :browserrouting.inject {demo.short(rule)}  then open the stream, twice")
+    proxy.command("browserrouting.inject", rule)
+    demo.mark()
+    error = api_error(lambda: list(client.browsers.telemetry.stream(other)))
+    with client.browsers.telemetry.stream(other) as stream:
+        streamed = [str(event.to_dict().get("id")) for event in stream]
+    recs = demo.records(answered(2))
+    show_audit(demo, recs)
+    kept = audited(recs)
+    demo.check(
+        [(r.get("vm_status"), r["violations"], r["notes"]) for r in kept]
+        == [(404, [], ["injected"]), (200, [], ["gone_before"])]
+        and isinstance(error, kernel.NotFoundError)
+        and len(streamed) == demo.sim.sse_count,
+        "the stream allows no fallback, so the route is kept: the next read conforms (gone_before)",
+        [(r.get("vm_status"), r["violations"], r["notes"]) for r in kept],
+    )
+
     table = json.loads(proxy.command("browserrouting.audit"))
     rules = table["rules"]
     cells = [f"{name} {rule['checked']}/{len(rule['broken'])}" for name, rule in rules.items()]
@@ -244,7 +266,8 @@ def audit_sdk_routing(demo: Demo, qa: LiveQa) -> None:
     broken = {name: rule["broken"] for name, rule in rules.items() if rule["broken"]}
     demo.check(
         broken == {"missing_fallback": [gone.get("flow_id")], "stale_route": [r["flow_id"] for r in stale]}
-        and table["notes"]["vm_retry"] == 2,
+        and table["notes"]["vm_retry"] == 2
+        and table["notes"]["gone_before"] == 1,
         "the audit table names those two flows and no other broken rule",
         broken,
     )
