@@ -11,12 +11,13 @@ counts what is left.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
 from addon_harness import run_hook, start
-from mitmproxy import http
+from mitmproxy import ctx, http
 from mitmproxy.flow import Error
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -181,3 +182,32 @@ async def test_a_cut_flow_frees_its_state_and_ends_killed(parts: BrowserRouting)
     assert flow.error is not None and flow.error.msg == Error.KILLED_MESSAGE
     record = flow.metadata[METADATA_KEY]
     assert (record["injected"], record["error"], record["vm_status"]) == ("cut", CUT_ERROR, 200)
+
+
+async def test_a_reload_keeps_the_rules_as_they_are_and_the_flows_they_hold(parts: BrowserRouting) -> None:
+    """mitmproxy configures a reloaded script with every option again: the rules added by
+    command, their counts and draws, and the hangs they hold are not reset by that."""
+    parts.injector.add_rule(f"{SID}=hang")
+    parts.injector.add_rule("other=502*2>gone")
+    assert [str(parts.injector.rules[1].take()) for _ in range(2)] == ["502*2", "502*2"]
+    flow = client_request(parts)
+    await run_hook([parts], "requestheaders", flow)
+    assert parts.request is not None
+    holding = parts.request(flow)
+    assert holding is not None
+    task = asyncio.ensure_future(holding)
+    await asyncio.sleep(0.01)
+
+    reloaded = BrowserRouting()
+    for part, old in zip(reloaded.parts, parts.parts, strict=True):
+        part.take_over(old)
+    reloaded.configure(set(ctx.options.keys()))
+    await asyncio.sleep(0.01)
+    assert [r["rule"] for r in json.loads(reloaded.injector.rules_json())] == [
+        f"{SID}=hang",
+        "other=502*2>gone",
+    ]
+    assert reloaded.injector.rules[1].kind == "gone" and not task.done(), "counts kept, the hang held"
+    reloaded.commands.inject_clear()
+    await asyncio.wait_for(task, 2)
+    assert flow.error is not None and open_state(reloaded)["held"] == 0

@@ -33,6 +33,7 @@ class FaultInjection:
         self.seed = 0
         self.applied = ""  # the option value the rules came from
         self.refused = False  # the last value set was refused: mitmproxy now rolls back to `applied`
+        self.reloaded = False  # took over from the script's previous load: every option comes again
         # Per flow in progress: the step its `request` hook carries out, the flows held there,
         # the flows whose answer is cut.
         self.awaiting: dict[str, Step] = {}
@@ -44,6 +45,7 @@ class FaultInjection:
         self.applied, self.seed, self.awaiting = old.applied, old.seed, old.awaiting
         self.holds, self.cutting = old.holds, old.cutting
         self.set_rules(old.rules)
+        self.reloaded = True
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -60,15 +62,19 @@ class FaultInjection:
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
-        if "browserrouting_inject_seed" in updated:
-            self.seed = ctx.options.browserrouting_inject_seed
+        # After a reload, or mitmproxy's rollback of a refused value, an option set to what it
+        # was leaves the rules as they are: added by command, counts spent, draws drawn, hangs held.
+        reloaded, self.reloaded = self.reloaded, False
+        seed = ctx.options.browserrouting_inject_seed
+        if "browserrouting_inject_seed" in updated and not (reloaded and seed == self.seed):
+            self.seed = seed
             for rule in self.rules:
-                rule.seed(self.seed)
+                rule.seed(seed)
         if "browserrouting_inject" not in updated:
             return
         value = ctx.options.browserrouting_inject
-        if self.refused and value == self.applied:
-            self.refused = False  # the rollback: the rules (added by command, counts spent) stay
+        if (self.refused or reloaded) and value == self.applied:
+            self.refused = False
             return
         try:
             rules = inject.parse_rules(value, self.seed)
