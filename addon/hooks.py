@@ -3,7 +3,7 @@ flow's decision concerns."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mitmproxy import connection, ctx, http
@@ -106,11 +106,6 @@ class BrowserRouting:
     def client_disconnected(self) -> Callable[[connection.Client], None] | None:
         """While flows are held: a client that gives up lets its held flows go."""
         return self.injector.client_left if self.injector.holds else None
-
-    @property
-    def update(self) -> Callable[[Sequence[http.HTTPFlow]], None] | None:
-        """While flows are held: one killed in mitmweb is let go."""
-        return self.injector.flows_updated if self.injector.holds else None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = flow.metadata.get(METADATA_KEY)

@@ -204,6 +204,24 @@ def test_clearing_the_rules_lets_each_hang_go_and_its_flow_ends_killed(
     assert held(web) == 0 and vm_hits(fresh_sim) == []
 
 
+def test_a_hang_killed_in_mitmweb_ends_without_waiting_for_the_client(
+    web: Mitmdump, fresh_sim: Simulator
+) -> None:
+    sid = new_browser(web, fresh_sim)
+    inject(web, f"{sid}/fs=hang")
+    got: list[tuple[Answer, float]] = []
+    thread = threading.Thread(
+        target=lambda: got.append(timed("curl", web, url(fresh_sim, sid, "fs/read_file")))
+    )
+    thread.start()
+    assert wait_until(lambda: held(web) == 1)
+    web.command("flow.kill", "@all")  # what mitmweb's kill button does to the flow
+    thread.join(5)
+    assert "Empty reply" in got[0][0].error and got[0][1] < 5
+    assert decided(flow_records(web, sid, 1)) == [("no_fallback", "vm_error", "hang", None)]
+    assert held(web) == 0 and rule_list(web)[0]["left"] is None, "the rule stays"
+
+
 async def test_fifty_held_requests_hold_up_no_other_flow(web: Mitmdump, fresh_sim: Simulator) -> None:
     hung, other = new_browser(web, fresh_sim), new_browser(web, fresh_sim)
     inject(web, f"{hung}/fs=hang")

@@ -3,12 +3,14 @@
 A held request waits in its own `request` hook: mitmproxy runs each hook of each flow as a task
 of its own and only that flow waits for it, so a hold never blocks the event loop or other
 flows. A held flow is let go early, and killed, when its client leaves (mitmproxy would only see
-that once the hook returns), when mitmweb kills it, or, for `hang`, when the rules are cleared.
+that once the hook returns), when it is killed elsewhere (mitmweb's kill button), or, for
+`hang`, when the rules are cleared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,9 @@ from mitmproxy import http
 from .steps import Step
 
 logger = logging.getLogger(__name__)
+
+# How often a held flow looks whether it was killed: mitmweb's kill button tells no addon.
+CHECK_KILLED_S = 0.5
 
 
 @dataclass(eq=False)
@@ -41,14 +46,19 @@ class Holds:
         """Hold the flow for the step's @MS (`hang`: until released). True when the time ran
         out; False when the flow was let go early, and is killed."""
         held = self.by_flow[flow.id] = Held(flow, step)
+        loop = asyncio.get_running_loop()
+        until = None if step.ms is None else loop.time() + step.ms / 1000
         try:
-            async with asyncio.timeout(None if step.ms is None else step.ms / 1000):
-                await held.released.wait()
-        except TimeoutError:
-            return True
+            while not held.released.is_set() and flow.error is None:
+                left = CHECK_KILLED_S if until is None else min(CHECK_KILLED_S, until - loop.time())
+                if left <= 0:
+                    return True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await held.released.wait()
         finally:
             del self.by_flow[flow.id]
-        logger.info(f"injected {step} on flow {flow.id} let go: {held.why}")
+        logger.info(f"injected {step} on flow {flow.id} let go: {held.why or 'killed'}")
         if flow.killable:
             flow.kill()
         return False

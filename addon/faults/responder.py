@@ -185,8 +185,3 @@ class FaultInjection:
     def client_left(self, client: connection.Client) -> None:
         """The `client_disconnected` hook, while flows are held: the client gave up on them."""
         self.holds.release(lambda held: held.flow.client_conn.id == client.id, "the client left")
-
-    def flows_updated(self, flows: Sequence[http.HTTPFlow]) -> None:
-        """The `update` hook, while flows are held: one killed in mitmweb is let go."""
-        killed = {flow.id for flow in flows if flow.error is not None}
-        self.holds.release(lambda held: held.flow.id in killed, "killed")
