@@ -1,6 +1,6 @@
 """Unit tests of the pure parts of audit mode: the audit's judgement (addon/audit/rules.py, driven
 with times of our choosing) and how audited records read (addon/comments.py). The audit's timer in
-addon/audit/watcher.py is in tests/test_auditor_timer.py; injection rules in tests/test_fault_rules.py."""
+addon/audit/watcher.py is in tests/test_auditor_timer.py; injection rules in tests/test_inject_rules.py."""
 
 from __future__ import annotations
 

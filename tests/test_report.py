@@ -334,7 +334,7 @@ def test_demo_report_tells_the_story_in_chromium(demo_report: Path) -> None:
             expect(page.locator(f'g.lane[data-session="{session}"]')).to_be_visible()
         assert page.locator('g.lane[data-kind="session"]').count() == len(sessions)
 
-        assert len(fallbacks) == 3
+        assert len(fallbacks) == 4  # (C); (E) reads 2, 3 and 4
         for r in fallbacks:
             link = page.locator(f'path.link[data-from="{r["flow_id"]}"][data-to="{r["reissue_flow"]}"]')
             expect(link).to_be_visible()
