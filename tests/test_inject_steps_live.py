@@ -260,6 +260,7 @@ def test_cut_sends_the_real_status_and_headers_then_closes_before_the_body_ends(
     web: Mitmdump, fresh_sim: Simulator
 ) -> None:
     sid = new_browser(web, fresh_sim)
+    sent = vm_sent(web)
     inject(web, f"{sid}/fs=cut:2")
     target = url(fresh_sim, sid, "fs/read_file?path=/cut")
     with client(web) as c, c.stream("GET", target) as streamed:
@@ -281,6 +282,7 @@ def test_cut_sends_the_real_status_and_headers_then_closes_before_the_body_ends(
     whole = send("httpx", web, target)  # the rule is spent: the whole body again
     assert whole.status == 200 and len(whole.body) == length
     assert [r["status"] for r in vm_hits(fresh_sim, "fs/read_file")] == [200] * 3, "the VM answered each time"
+    assert vm_sent(web) == sent + 3, "a cut request was sent: it counts as outbound"
     records = flow_records(web, sid, 3)
     assert [(r["decision"], r["vm_status"], r.get("injected"), r.get("error")) for r in records] == [
         ("routed", 200, "cut", CUT_ERROR),

@@ -104,6 +104,25 @@ def test_outbound_per_host_counts_final_records_and_not_what_injection_answered(
     assert "1 VM request answered by fault injection were never sent" in html
 
 
+def test_a_delayed_or_cut_request_was_sent_and_the_findings_name_the_step() -> None:
+    sent = [
+        rec("routed", "d", 13.0, vm_url=f"{VM}/fs?jwt=x…", tail="fs", vm_status=200, injected="delay",
+            injected_delay_ms=300),
+        rec("routed", "k", 13.5, vm_url=f"{VM}/fs?jwt=x…", tail="fs", vm_status=200, injected="cut",
+            error="cut by fault injection"),
+        rec("no_fallback", "n", 14.0, vm_url=f"{VM}/fs?jwt=x…", tail="fs", reason="status", vm_status=502,
+            injected="502", injected_delay_ms=250),
+    ]  # fmt: skip
+    html = page_of(*FALLBACK, *sent)
+    hosts = attr_rows(html, "host", "host")
+    assert int(hosts["proxy.iad.onkernel.com:8443"]["total"]) == 4, (
+        "routed, fallback, the delayed one, the cut one"
+    )
+    assert "1 VM request answered by fault injection were never sent" in html
+    assert "no_fallback (status) on s1: VM 502 (injected 502@250) kept" in html
+    assert "injected: 502 ×1, cut ×1, delay ×1" in html
+
+
 def test_a_flow_logged_again_counts_once_the_last_record_wins_placed_where_it_first_ended() -> None:
     vm_url = f"{VM}/telemetry/events?jwt=e…"
     gone = rec("client_routed", "v", 20.0, url=vm_url, vm_url=vm_url, vm_status=404, violations=[],
