@@ -101,7 +101,7 @@ def test_outbound_per_host_counts_final_records_and_not_what_injection_answered(
         "proxy.iad.onkernel.com:8443": 2,  # routed, fallback (the injected one was never sent)
         "api.onkernel.com:443": 4,  # create, two re-issues, passthrough
     }
-    assert "1 VM request answered by fault injection were never sent" in html
+    assert "1 request answered by fault injection was never sent" in html
 
 
 def test_a_delayed_or_cut_request_was_sent_and_the_findings_name_the_step() -> None:
@@ -118,7 +118,7 @@ def test_a_delayed_or_cut_request_was_sent_and_the_findings_name_the_step() -> N
     assert int(hosts["proxy.iad.onkernel.com:8443"]["total"]) == 4, (
         "routed, fallback, the delayed one, the cut one"
     )
-    assert "1 VM request answered by fault injection were never sent" in html
+    assert "1 request answered by fault injection was never sent" in html
     assert "no_fallback (status) on s1: VM 502 (injected 502@250) kept" in html
     assert "injected: 502 ×1, cut ×1, delay ×1" in html
 
