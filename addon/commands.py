@@ -80,7 +80,8 @@ class RouteCommands:
 
     @command.command("browserrouting.inject")
     def inject(self, rule: str) -> None:
-        """Append a fault-injection rule SESSION[/PREFIX]=KIND[:COUNT]."""
+        """Append a fault-injection rule [cp:]SESSION[/PREFIX]=STEP[>STEP...] (STEP:
+        KIND[@MS][*N], KIND[@MS]:COUNT or KIND[@MS]~P)."""
         try:
             self.injector.add_rule(rule)
         except ValueError as e:
@@ -88,12 +89,12 @@ class RouteCommands:
 
     @command.command("browserrouting.inject.clear")
     def inject_clear(self) -> None:
-        """Remove every fault-injection rule."""
-        self.injector.rules = []
+        """Remove every fault-injection rule; requests held by `hang` end killed."""
+        self.injector.clear()
 
     @command.command("browserrouting.inject.list")
     def inject_list(self) -> str:
-        """The fault-injection rules, with what is left of their counts, as JSON."""
+        """The fault-injection rules, each with its steps and what is left of them, as JSON."""
         return self.injector.rules_json()
 
     @command.command("browserrouting.audit")

@@ -14,10 +14,6 @@ from conformance import cli
 from conformance.cases import catalog
 
 ALL_CASES = list(catalog())
-# The cases that need the fault grammar of issue 18 (hang, cut, cp: rules): until the proxy has
-# it, it refuses their rules and they are `error`.
-NEEDS_GRAMMAR = ("no_fallback_on_timeout", "no_fallback_on_cut_body", "single_reissue_when_cp_fails")
-GRAMMAR_XFAIL = pytest.mark.xfail(strict=False, reason="needs the fault grammar of issue 18")
 INFO = ("auth_refresh_on_401_403", "vm_retries")
 QUICK_WINDOW_MS = 600  # the reference re-issues at once; the SDKs need the default window
 REFERENCE = str(Path(cli.__file__).resolve().parent / "drivers" / "reference.py")

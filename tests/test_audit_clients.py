@@ -290,6 +290,36 @@ def test_cp_retry_after_the_cps_own_5xx_on_a_fallback_is_not_repeated_fallback(
     ]
 
 
+def test_a_cp_rule_fails_the_clients_fallback_once_and_its_retry_is_no_repeated_fallback(
+    web: Mitmdump, sim: Simulator, raw: RawClient
+) -> None:
+    """`cp:` in audit mode hits the client's own CP calls for the browser: its re-issue after a
+    browser_gone fails once (the proxy answers 503 for the CP), and its retry gets the CP's page."""
+    route = raw.create()
+    sid = route.session_id
+    web.command("browserrouting.inject", f"{sid}/telemetry/events=gone:1")
+    web.command("browserrouting.inject", f"cp:{sid}/telemetry/events=503:1")
+    path = f"/browsers/{sid}/telemetry/events"
+    assert raw.vm("GET", route, "telemetry/events").json() == GONE
+    first, retry = raw.cp("GET", path), raw.cp("GET", path)
+    assert (first.status_code, first.json()["code"]) == (503, "service_unavailable")
+    assert ids(retry)[:1] == [f"cp-{sid}-1"]
+    flows = audited(web, sid, 3)
+    assert summary(flows) == [
+        ("client_routed", "GET", 404, []),
+        ("client_fallback", "GET", 503, []),
+        ("client_fallback", "GET", 200, []),
+    ]
+    assert [(f.get("injected"), f["notes"]) for f in flows] == [
+        ("gone", ["injected"]),
+        ("503", ["injected"]),
+        (None, []),
+    ]
+    assert len(cp_requests(sim, sid)) == 1 and vm_requests(sim, route.jwt) == [], (
+        "both injected answers stood in"
+    )
+
+
 # --------------------------------------------------------------------------- traffic and secrets
 
 EXEC_BODY = json.dumps({"command": "cat", "args": ["héllo ✓", "\x00\r\n", "x" * 5000]}, ensure_ascii=False)

@@ -13,6 +13,7 @@ from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http._hooks import HttpRequestHook
 from mitmproxy.test import taddons
 
+from addon.faults.steps import parse_step
 from addon.hooks import BrowserRouting
 from addon.router import QuietRoutedStreams, VmHeaders
 
@@ -65,8 +66,8 @@ async def test_a_hook_attribute_that_is_none_is_skipped_and_one_that_is_set_is_c
         assert addon.request is None
         await tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))  # no call, no error
         called: list[str] = []
-        addon.injector.awaiting.add(flow.id)
-        addon.answer_injected = lambda flow: called.append(flow.id)  # type: ignore[method-assign]
+        addon.injector.awaiting[flow.id] = parse_step("502", alone=True)
+        addon.injector.on_request = lambda flow: called.append(flow.id)  # type: ignore[method-assign]
         await tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))
         assert called == [flow.id]
 

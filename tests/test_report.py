@@ -101,7 +101,26 @@ def test_outbound_per_host_counts_final_records_and_not_what_injection_answered(
         "proxy.iad.onkernel.com:8443": 2,  # routed, fallback (the injected one was never sent)
         "api.onkernel.com:443": 4,  # create, two re-issues, passthrough
     }
-    assert "1 VM request answered by fault injection were never sent" in html
+    assert "1 request answered by fault injection was never sent" in html
+
+
+def test_a_delayed_or_cut_request_was_sent_and_the_findings_name_the_step() -> None:
+    sent = [
+        rec("routed", "d", 13.0, vm_url=f"{VM}/fs?jwt=x…", tail="fs", vm_status=200, injected="delay",
+            injected_delay_ms=300),
+        rec("routed", "k", 13.5, vm_url=f"{VM}/fs?jwt=x…", tail="fs", vm_status=200, injected="cut",
+            error="cut by fault injection"),
+        rec("no_fallback", "n", 14.0, vm_url=f"{VM}/fs?jwt=x…", tail="fs", reason="status", vm_status=502,
+            injected="502", injected_delay_ms=250),
+    ]  # fmt: skip
+    html = page_of(*FALLBACK, *sent)
+    hosts = attr_rows(html, "host", "host")
+    assert int(hosts["proxy.iad.onkernel.com:8443"]["total"]) == 4, (
+        "routed, fallback, the delayed one, the cut one"
+    )
+    assert "1 request answered by fault injection was never sent" in html
+    assert "no_fallback (status) on s1: VM 502 (injected 502@250) kept" in html
+    assert "injected: 502 ×1, cut ×1, delay ×1" in html
 
 
 def test_a_flow_logged_again_counts_once_the_last_record_wins_placed_where_it_first_ended() -> None:
@@ -367,7 +386,7 @@ def test_demo_report_tells_the_story_in_chromium(demo_report: Path) -> None:
             expect(page.locator(f'g.lane[data-session="{session}"]')).to_be_visible()
         assert page.locator('g.lane[data-kind="session"]').count() == len(sessions)
 
-        assert len(fallbacks) == 3
+        assert len(fallbacks) == 4  # (C); (E) reads 2, 3 and 4
         for r in fallbacks:
             link = page.locator(f'path.link[data-from="{r["flow_id"]}"][data-to="{r["reissue_flow"]}"]')
             expect(link).to_be_visible()
