@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .driver import Driver, Hello
 from .proxy import AuditProxy, Record, RuleRefused
 from .service import Service
-
-if TYPE_CHECKING:
-    from .cases import Case
 
 CALL_TIMEOUT_MS = 10000  # what a driver gives the SDK for one call, unless a case says otherwise
 SETTLE_TIMEOUT = 5  # seconds to wait for the proxy to log the flows of a case
@@ -79,9 +76,9 @@ class ClientContext:
 
 
 class CaseRun:
-    def __init__(self, ctx: ClientContext, case: Case) -> None:
+    def __init__(self, ctx: ClientContext, wait_window: bool) -> None:
         self.ctx = ctx
-        self.case = case
+        self.wait_window = wait_window  # a browser_gone may need the audit window to end to be judged
         self.started = time.time()
         self.ops: list[Op] = []
         self.flows: list[Record] = []  # every flow of the case, once settled
@@ -150,7 +147,7 @@ class CaseRun:
     def settle(self) -> None:
         """Wait for the proxy to log the case's flows (past the audit window when the case needs
         it: a missing fallback is settled then), and give each op the flows it caused."""
-        if self.case.wait_window:
+        if self.wait_window:
             time.sleep(self.ctx.window_ms / 1000 + WINDOW_SLACK)
         flows = self.ctx.proxy.settled(self.started, SETTLE_TIMEOUT)
         self.web_flows = {f["id"]: f for f in flows}

@@ -47,7 +47,7 @@ def owners(rule: str) -> list[str]:
 
 def run_case(ctx: ClientContext, case: Case) -> Verdict:
     started = time.monotonic()
-    c = CaseRun(ctx, case)
+    c = CaseRun(ctx, case.wait_window)
     try:
         for need in case.needs:
             c.need(need)
