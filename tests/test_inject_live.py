@@ -8,15 +8,18 @@ the proxy. Each test checks what the client got, what the simulator received on 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import inject_support
 import pytest
 from conftest import proxy_options
+from inject_support import inject
 from mitmdump_runner import CommandFailed, Mitmdump
 from proxy_clients import AUTH, CACHE_CHANGES, Answer, cp_hits, flow_records, new_browser, send, url, vm_hits
 from simulator import Simulator
+
+mitmweb, web = inject_support.mitmweb, inject_support.web  # the module's fixtures
 
 GONE = {"code": "browser_gone", "message": "browser not found"}
 STATUS = {"gone": 404, "404": 404, "401": 401, "403": 403, "500": 500, "502": 502, "503": 503, "504": 504}
@@ -24,26 +27,7 @@ BAD_RULES = ["x=teapot", "=gone", "s=gone:0", "s=gone:x", "s/../x=gone", "s=502*
 SIMULATOR_OPTIONS = {"sse_interval": 0.02}  # the module's simulator: a VM stream ends quickly
 
 
-@pytest.fixture(scope="module")
-def mitmweb(sim: Simulator) -> Iterator[Mitmdump]:
-    with Mitmdump(proxy_options(sim), tool="mitmweb") as web:
-        yield web
-
-
-@pytest.fixture
-def web(mitmweb: Mitmdump, fresh_sim: Simulator) -> Mitmdump:
-    """The shared mitmweb with no rules, and the simulator's counts at zero."""
-    mitmweb.command("set", "browserrouting_inject", "")
-    mitmweb.command("browserrouting.inject.clear")
-    return mitmweb
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def inject(proxy: Mitmdump, *rules: str) -> None:
-    for rule in rules:
-        proxy.command("browserrouting.inject", rule)
 
 
 def browser_with_rule(proxy: Mitmdump, sim: Simulator, answer: str) -> str:

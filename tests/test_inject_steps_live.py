@@ -12,12 +12,13 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import inject_support
 import pytest
 from conftest import proxy_options
+from inject_support import inject
 from mitmdump_runner import CommandFailed, Mitmdump
 from proxy_clients import (
     AUTH,
@@ -40,29 +41,12 @@ from simulator import Simulator
 from addon.faults import CUT_ERROR
 from addon.faults import rules as inject_rules
 
+mitmweb, web = inject_support.mitmweb, inject_support.web  # the module's fixtures
+
 SIMULATOR_OPTIONS = {"sse_interval": 0.02}  # the module's simulator: a VM stream ends quickly
 CLIENTS = ("httpx", "curl")
 HOLD_MS = 300
 NEW_BAD_RULES = ["s=502~0.5>gone", "s=delay", "s=hang@100", "s=600", "s=502*0", "s=502@x", "cp:=gone"]
-
-
-@pytest.fixture(scope="module")
-def mitmweb(sim: Simulator) -> Iterator[Mitmdump]:
-    with Mitmdump(proxy_options(sim), tool="mitmweb") as web:
-        yield web
-
-
-@pytest.fixture
-def web(mitmweb: Mitmdump, fresh_sim: Simulator) -> Mitmdump:
-    """The shared mitmweb with no rules, and the simulator's counts at zero."""
-    mitmweb.command("set", "browserrouting_inject", "")
-    mitmweb.command("browserrouting.inject.clear")
-    return mitmweb
-
-
-def inject(proxy: Mitmdump, *rules: str) -> None:
-    for rule in rules:
-        proxy.command("browserrouting.inject", rule)
 
 
 def rule_list(proxy: Mitmdump) -> list[dict[str, Any]]:
