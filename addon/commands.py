@@ -3,14 +3,17 @@ command bar, mitmweb's command API and scripts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from pathlib import Path
 
 from mitmproxy import command, ctx, exceptions, types
+from mitmproxy.log import ALERT
 
 from . import report as qa_report
-from .audit.watcher import RoutingAudit
-from .faults.responder import FaultInjection
+from .audit import RoutingAudit
+from .faults import FaultInjection
 from .recorder import DecisionRecorder
 from .route_cache import Route, redact
 from .router import Router
@@ -30,6 +33,7 @@ class RouteCommands:
         self.recorder = recorder
         self.injector = injector
         self.audit = audit
+        self.reports: set[asyncio.Task[None]] = set()  # pages being written
 
     @command.command("browserrouting.routes")
     def routes(self) -> str:
@@ -76,7 +80,8 @@ class RouteCommands:
 
     @command.command("browserrouting.inject")
     def inject(self, rule: str) -> None:
-        """Append a fault-injection rule SESSION[/PREFIX]=KIND[:COUNT]."""
+        """Append a fault-injection rule [cp:]SESSION[/PREFIX]=STEP[>STEP...] (STEP:
+        KIND[@MS][*N], KIND[@MS]:COUNT or KIND[@MS]~P)."""
         try:
             self.injector.add_rule(rule)
         except ValueError as e:
@@ -84,12 +89,12 @@ class RouteCommands:
 
     @command.command("browserrouting.inject.clear")
     def inject_clear(self) -> None:
-        """Remove every fault-injection rule."""
-        self.injector.rules = []
+        """Remove every fault-injection rule; requests held by `hang` end killed."""
+        self.injector.clear()
 
     @command.command("browserrouting.inject.list")
     def inject_list(self) -> str:
-        """The fault-injection rules, with what is left of their counts, as JSON."""
+        """The fault-injection rules, each with its steps and what is left of them, as JSON."""
         return self.injector.rules_json()
 
     @command.command("browserrouting.audit")
@@ -100,7 +105,9 @@ class RouteCommands:
     @command.command("browserrouting.report")
     def report(self, path: types.Path) -> str:
         """Write the QA report (one HTML page) of the decision log this proxy writes
-        (browserrouting_log) to PATH, with this proxy's options; returns the page's path."""
+        (browserrouting_log) to PATH, with this proxy's options. It renders in the background,
+        so the proxy keeps answering: returns the page's path at once; the page appears there
+        when complete, and the event log says so."""
         log = ctx.options.browserrouting_log
         if not log:
             raise exceptions.CommandError(
@@ -108,11 +115,21 @@ class RouteCommands:
             )
         options = {name: getattr(ctx.options, f"browserrouting_{name}", None) for name in qa_report.OPTIONS}
         options["subresources"] = ",".join(self.router.subresources)  # as parsed: the env default too
-        try:
-            written = qa_report.write_report([qa_report.LogSource(log, "", options)], path)
+        target = Path(path).expanduser().absolute()
+        task = asyncio.get_running_loop().create_task(
+            self.write_report(qa_report.LogSource(log, "", options), target)
+        )
+        self.reports.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(self.reports.discard)
+        return str(target)
+
+    async def write_report(self, log: qa_report.LogSource, target: Path) -> None:
+        try:  # a large log takes seconds to render: in a thread, off the event loop
+            await asyncio.to_thread(qa_report.write_report, [log], target)
         except OSError as e:
-            raise exceptions.CommandError(f"browserrouting.report: {e}") from e
-        return str(written)
+            logger.error(f"browserrouting.report: {e}")
+        else:
+            logger.log(ALERT, f"browserrouting.report: wrote {target}")
 
     def done(self) -> None:
         logger.info(f"browserrouting summary: {self.summary()}")

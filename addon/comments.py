@@ -40,6 +40,15 @@ def redact_url(url: str) -> str:
     return base + "?" + "&".join(parts)
 
 
+def injected(record: dict[str, Any]) -> str | None:
+    """The injected step as a rule writes it (`502`, `gone@1500`, `delay@300`), or None."""
+    kind = record.get("injected")
+    if not kind:
+        return None
+    delay = record.get("injected_delay_ms")
+    return f"{kind}@{delay}" if delay else str(kind)
+
+
 def marker(record: dict[str, Any]) -> str:
     """The flow-list marker: an audited flow says whether it conforms."""
     if record["decision"] in AUDIT:
@@ -57,8 +66,8 @@ def audit_summary(record: dict[str, Any]) -> str:
     else:
         text += f" of flow {record.get('serves')}" if d == Decision.CLIENT_FALLBACK else ""
         text += f", CP {cp if cp is not None else 'no answer'}"
-    if record.get("injected"):
-        text += f" (injected {record['injected']})"
+    if step := injected(record):
+        text += f" (injected {step})"
     return text + (f" [{', '.join(notes)}]" if notes else "")
 
 

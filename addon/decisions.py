@@ -35,3 +35,6 @@ CP_SIDE = frozenset({Decision.PASSTHROUGH, Decision.REISSUE, Decision.CLIENT_CP,
 CP_AS_SENT = frozenset({Decision.PASSTHROUGH, Decision.CLIENT_CP, Decision.CLIENT_FALLBACK})
 # The flows whose answers come through the fallback: sent to the VM by the addon, or its CP re-issue.
 FALLBACK_JUDGES = frozenset({Decision.ROUTED, Decision.REISSUE})
+# Fault-injection kinds (a record's `injected`) whose request still went to its server, late or
+# to have its answer cut: the proxy did not answer in its place, so they count as sent.
+INJECTED_BUT_SENT = frozenset({"delay", "cut"})

@@ -6,14 +6,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mitmproxy import ctx, http
+from mitmproxy import connection, ctx, http
 
 from .audit import RoutingAudit
 from .commands import RouteCommands
 from .decisions import AUDIT, FALLBACK_JUDGES, Decision
 from .fallback import ControlPlaneFallback
-from .faults import FaultInjection
-from .recorder import METADATA_KEY, DecisionRecorder
+from .faults import CUT_ERROR, FaultInjection
+from .recorder import METADATA_KEY, DecisionRecorder, record_of
 from .router import Router
 from .routes_file import RoutesFile
 
@@ -83,16 +83,29 @@ class BrowserRouting:
         self.router.on_requestheaders(flow)
         if self.router.mode == "audit":
             self.audit.on_requestheaders(flow)
+        elif self.injector.cp_rules:
+            self.inject_into_reissue(flow)
+
+    def inject_into_reissue(self, flow: http.HTTPFlow) -> None:
+        """Route mode: `cp:` rules hit the fallback's own re-issue to the CP."""
+        record = record_of(flow)
+        if record is None or record["decision"] != Decision.REISSUE:
+            return
+        if fields := self.injector.apply_to_reissue(flow, record["session_id"]):
+            self.recorder.decide(flow, Decision.REISSUE, **fields)
+
+    # Hooks that exist only while the injection has flows for them: mitmproxy skips a hook that
+    # is None, and charges every flow (or connection) for one that is not.
 
     @property
-    def request(self) -> Callable[[http.HTTPFlow], None] | None:
-        """The `request` hook, there only while a flow waits for an injected answer: mitmproxy
-        skips a hook that is None, and charges every flow for one that is not."""
-        return self.answer_injected if self.injector.awaiting else None
+    def request(self) -> Callable[[http.HTTPFlow], Awaitable[None] | None] | None:
+        """While a flow waits for an injected answer or hold."""
+        return self.injector.on_request if self.injector.awaiting else None
 
-    def answer_injected(self, flow: http.HTTPFlow) -> None:
-        if (record := flow.metadata.get(METADATA_KEY)) is not None and "injected" in record:
-            self.injector.on_request(flow, record["injected"])
+    @property
+    def client_disconnected(self) -> Callable[[connection.Client], None] | None:
+        """While flows are held: a client that gives up lets its held flows go."""
+        return self.injector.client_left if self.injector.holds else None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = flow.metadata.get(METADATA_KEY)
@@ -105,6 +118,8 @@ class BrowserRouting:
             self.audit.on_responseheaders(flow)
         else:  # the CP answers
             self.router.on_responseheaders(flow)
+        if self.injector.cutting:
+            self.injector.on_responseheaders(flow)
         self.recorder.on_responseheaders(flow, record)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -127,9 +142,14 @@ class BrowserRouting:
         self.finish(flow, record)
 
     def finish(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
+        cut = bool(self.injector.cutting) and self.injector.end_cut(flow)
+        if cut:
+            self.recorder.decide(flow, record["decision"], record["reason"], error=CUT_ERROR)
         if record["decision"] in AUDIT:
             self.audit.answered(flow)
         self.recorder.final(flow, record)
+        if cut:  # last: a killed flow is no longer live, and a live one is what the recorder counts as sent
+            flow.kill()
 
     def error(self, flow: http.HTTPFlow) -> None:
         record = flow.metadata.get(METADATA_KEY)
@@ -137,5 +157,5 @@ class BrowserRouting:
             return
         if record["decision"] in FALLBACK_JUDGES:
             self.fallback.on_error(flow, record)
-        self.injector.awaiting.discard(flow.id)  # ended before its answer was due
+        self.injector.forget(flow)  # ended before its injected step was done
         self.finish(flow, record)

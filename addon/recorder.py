@@ -15,7 +15,7 @@ from mitmproxy.hooks import UpdateHook
 
 from .bodies import media_type
 from .comments import comment, marker, printable, redact_url
-from .decisions import Decision
+from .decisions import INJECTED_BUT_SENT, Decision
 from .route_cache import Route, redact
 
 logger = logging.getLogger(__name__)
@@ -159,8 +159,9 @@ class DecisionRecorder:
         """The flow ended (answered, errored, killed): its decision is final, count and log it."""
         flow.comment = comment(record)
         self.decisions[record["decision"]] += 1
-        # Replayed, read back or answered by an injection rule: never sent.
-        if flow.live and flow.is_replay != "response" and "injected" not in record:
+        # Replayed, read back, or answered (closed, held until dropped) by an injection rule: never sent.
+        injected = record.get("injected")
+        if flow.live and flow.is_replay != "response" and (injected is None or injected in INJECTED_BUT_SENT):
             self.outbound[flow.request.data.host, flow.request.data.port] += 1
         self.log.write(record)
 

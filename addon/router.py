@@ -304,7 +304,7 @@ class Router:
         self.recorder.decide(
             flow, Decision.ROUTED, session_id=route.session_id, url=client_url, vm_url=vm_url,
             vm_host=f"{host}:{flow.request.data.port}",
-            injected=self.injector.apply(flow, (route.session_id, route.name), sub.tail),
+            **self.injector.apply(flow, (route.session_id, route.name), sub.tail),
         )  # fmt: skip
 
     def on_responseheaders(self, flow: http.HTTPFlow) -> None:

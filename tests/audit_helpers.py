@@ -123,14 +123,15 @@ def tls_context(proxy: Mitmdump) -> ssl.SSLContext:
 
 
 @contextmanager
-def python_sdk(proxy: Mitmdump, sim: Simulator, subresources: str) -> Iterator[kernel.Kernel]:
+def python_sdk(proxy: Mitmdump, sim: Simulator, subresources: str, **options: Any) -> Iterator[kernel.Kernel]:
     """The official `kernel` SDK with its own routing on (`subresources`, read at construction),
-    through the proxy, with its default retries."""
+    through the proxy, with its default retries and timeout unless `options` (`timeout`,
+    `max_retries`) say otherwise."""
     before = os.environ.get(ROUTING_ENV)
     os.environ[ROUTING_ENV] = subresources
     try:
         http_client = kernel.DefaultHttpxClient(proxy=proxy.url, verify=tls_context(proxy), timeout=10)
-        client = kernel.Kernel(api_key=API_KEY, base_url=sim.cp_url, http_client=http_client)
+        client = kernel.Kernel(api_key=API_KEY, base_url=sim.cp_url, http_client=http_client, **options)
     finally:
         if before is None:
             del os.environ[ROUTING_ENV]

@@ -45,9 +45,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10, step: float =
 # --------------------------------------------------------------------------- clients
 
 
-def client(proxy: Mitmdump) -> httpx.Client:
+def client(proxy: Mitmdump, timeout: float = 10) -> httpx.Client:
     """httpx through the proxy, with the API key."""
-    return httpx.Client(proxy=proxy.url, headers=AUTH, timeout=10, verify=TLS)
+    return httpx.Client(proxy=proxy.url, headers=AUTH, timeout=timeout, verify=TLS)
 
 
 def create_browser(proxy: Mitmdump, sim: Simulator, name: str | None = None) -> dict[str, Any]:
@@ -91,19 +91,22 @@ class Answer:
         return json.loads(self.body)
 
 
-def send(client_name: str, proxy: Mitmdump, url: str, method: str = "GET", body: bytes = b"") -> Answer:
-    """One request through the proxy with the API key, by httpx or by curl."""
+def send(
+    client_name: str, proxy: Mitmdump, url: str, method: str = "GET", body: bytes = b"", timeout: float = 10
+) -> Answer:
+    """One request through the proxy with the API key, by httpx or by curl, which give up after
+    `timeout` seconds."""
     if client_name == "httpx":
-        with client(proxy) as c:
+        with client(proxy, timeout) as c:
             try:
                 got = c.request(method, url, content=body)
             except httpx.TransportError as e:
                 return Answer(None, error=type(e).__name__)
         return Answer(got.status_code, {k.lower(): v for k, v in got.headers.items()}, got.content)
     args = ["curl", "-sS", "-i", "-x", proxy.url, "-H", f"Authorization: {AUTH['Authorization']}"]
-    args += ["-X", method]
+    args += ["-X", method, "--max-time", str(timeout)]
     args += ["--data-binary", "@-"] if body else []
-    out = subprocess.run([*args, url], input=body, capture_output=True, timeout=20)
+    out = subprocess.run([*args, url], input=body, capture_output=True, timeout=timeout + 10)
     if out.returncode != 0:
         return Answer(None, error=f"curl exit {out.returncode}: {out.stderr.decode().strip()}")
     head, _, content = out.stdout.partition(b"\r\n\r\n")

@@ -90,6 +90,15 @@ def is_gone(answer: httpx.Response) -> bool:
         return False
 
 
+def gone_on_the_vm(raw: RawClient, sim: Simulator) -> tuple[Route, str]:
+    """A new browser whose VM then says browser_gone to its events: the route, and the events'
+    CP path (what a fallback re-issues)."""
+    route = raw.create()
+    sim.kill_on_vm(route.session_id)
+    assert raw.vm("GET", route, "telemetry/events").json() == GONE
+    return route, f"/browsers/{route.session_id}/telemetry/events"
+
+
 def ids(answer: httpx.Response) -> list[str]:
     assert answer.status_code == 200, answer.text
     return [event["id"] for event in answer.json()]
@@ -178,11 +187,8 @@ def test_cp_retry_after_a_vm_502_is_unexpected_fallback(
 def test_a_second_reissue_sent_before_the_first_is_answered_is_repeated_fallback(
     web: Mitmdump, sim: Simulator, raw: RawClient
 ) -> None:
-    route = raw.create()
-    sim.kill_on_vm(route.session_id)
-    assert raw.vm("GET", route, "telemetry/events").json() == GONE
+    route, path = gone_on_the_vm(raw, sim)
     sim.set_latency(cp=0.4)  # the first re-issue is still unanswered when the second goes out
-    path = f"/browsers/{route.session_id}/telemetry/events"
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(raw.cp, "GET", path)
         time.sleep(0.15)
@@ -201,10 +207,7 @@ def test_a_second_reissue_sent_before_the_first_is_answered_is_repeated_fallback
 def test_the_same_call_after_a_fallback_was_answered_is_a_new_cp_call(
     web: Mitmdump, sim: Simulator, raw: RawClient
 ) -> None:
-    route = raw.create()
-    sim.kill_on_vm(route.session_id)
-    assert raw.vm("GET", route, "telemetry/events").json() == GONE
-    path = f"/browsers/{route.session_id}/telemetry/events"
+    route, path = gone_on_the_vm(raw, sim)
     assert [raw.cp("GET", path).status_code for _ in range(2)] == [200, 200]  # one after the other
     flows = audited(web, route.session_id, 3)
     assert summary(flows) == [
@@ -234,10 +237,8 @@ def test_a_browser_gone_to_a_post_keeps_the_route_and_the_next_vm_call_conforms(
 def test_route_reused_after_browser_gone_is_stale_route(
     web: Mitmdump, sim: Simulator, raw: RawClient
 ) -> None:
-    route = raw.create()
-    sim.kill_on_vm(route.session_id)
-    assert raw.vm("GET", route, "telemetry/events").json() == GONE
-    assert raw.cp("GET", f"/browsers/{route.session_id}/telemetry/events").status_code == 200
+    route, path = gone_on_the_vm(raw, sim)
+    assert raw.cp("GET", path).status_code == 200
     assert raw.vm("GET", route, "telemetry/stream").json() == GONE  # the dead route, again
     assert summary(audited(web, route.session_id, 3)) == [
         ("client_routed", "GET", 404, []),
@@ -247,10 +248,7 @@ def test_route_reused_after_browser_gone_is_stale_route(
 
 
 def test_jwt_kept_on_the_cp_reissue_is_jwt_on_cp(web: Mitmdump, sim: Simulator, raw: RawClient) -> None:
-    route = raw.create()
-    sim.kill_on_vm(route.session_id)
-    assert raw.vm("GET", route, "telemetry/events").json() == GONE
-    path = f"/browsers/{route.session_id}/telemetry/events"
+    route, path = gone_on_the_vm(raw, sim)
     assert raw.cp("GET", path, params={"jwt": route.jwt}).status_code == 200
     assert summary(audited(web, route.session_id, 2)) == [
         ("client_routed", "GET", 404, []),
@@ -282,10 +280,7 @@ def test_cp_call_for_an_allowlisted_subresource_of_a_cached_session_is_not_route
 def test_cp_retry_after_the_cps_own_5xx_on_a_fallback_is_not_repeated_fallback(
     web: Mitmdump, sim: Simulator, raw: RawClient
 ) -> None:
-    route = raw.create()
-    sim.kill_on_vm(route.session_id)
-    path = f"/browsers/{route.session_id}/telemetry/events"
-    assert raw.vm("GET", route, "telemetry/events").json() == GONE
+    route, path = gone_on_the_vm(raw, sim)
     sim.set_fault(503, path_contains=path, side="cp", times=1)
     assert [raw.cp("GET", path).status_code for _ in range(2)] == [503, 200]
     assert summary(audited(web, route.session_id, 3)) == [
@@ -293,6 +288,36 @@ def test_cp_retry_after_the_cps_own_5xx_on_a_fallback_is_not_repeated_fallback(
         ("client_fallback", "GET", 503, []),
         ("client_fallback", "GET", 200, []),
     ]
+
+
+def test_a_cp_rule_fails_the_clients_fallback_once_and_its_retry_is_no_repeated_fallback(
+    web: Mitmdump, sim: Simulator, raw: RawClient
+) -> None:
+    """`cp:` in audit mode hits the client's own CP calls for the browser: its re-issue after a
+    browser_gone fails once (the proxy answers 503 for the CP), and its retry gets the CP's page."""
+    route = raw.create()
+    sid = route.session_id
+    web.command("browserrouting.inject", f"{sid}/telemetry/events=gone:1")
+    web.command("browserrouting.inject", f"cp:{sid}/telemetry/events=503:1")
+    path = f"/browsers/{sid}/telemetry/events"
+    assert raw.vm("GET", route, "telemetry/events").json() == GONE
+    first, retry = raw.cp("GET", path), raw.cp("GET", path)
+    assert (first.status_code, first.json()["code"]) == (503, "service_unavailable")
+    assert ids(retry)[:1] == [f"cp-{sid}-1"]
+    flows = audited(web, sid, 3)
+    assert summary(flows) == [
+        ("client_routed", "GET", 404, []),
+        ("client_fallback", "GET", 503, []),
+        ("client_fallback", "GET", 200, []),
+    ]
+    assert [(f.get("injected"), f["notes"]) for f in flows] == [
+        ("gone", ["injected"]),
+        ("503", ["injected"]),
+        (None, []),
+    ]
+    assert len(cp_requests(sim, sid)) == 1 and vm_requests(sim, route.jwt) == [], (
+        "both injected answers stood in"
+    )
 
 
 # --------------------------------------------------------------------------- traffic and secrets

@@ -10,6 +10,8 @@ only the Python SDK re-issues a VM 403 to the CP (an `auth_fallback`).
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -150,6 +152,54 @@ def test_python_sdk_retries_a_vm_502_on_the_vm_and_never_calls_the_cp(
     assert broken_by(audit_table(web), flows) == {}
 
 
+def test_python_sdk_gives_up_on_a_hanging_vm_by_its_own_timeout_and_never_calls_the_cp(
+    web: Mitmdump, sim: Simulator
+) -> None:
+    """`hang`: no answer at all. The SDK's timeout fires, it retries on the VM, and never asks the
+    CP: no fallback on a VM that does not answer."""
+    web.command("browserrouting.inject.clear")
+    with python_sdk(web, sim, PY_ROUTING, timeout=0.4, max_retries=1) as quick:
+        sid, jwt = create(quick, sim)
+        web.command("browserrouting.inject", f"{sid}/telemetry/events=hang")
+        started = time.monotonic()
+        with pytest.raises(kernel.APITimeoutError):
+            events(quick, sid)
+    assert time.monotonic() - started >= 0.8, "two attempts, each given up after 0.4 s"
+
+    flows = audited(web, sid, 2)  # logged once the SDK left: each held flow then ends killed
+    assert summary(flows) == [("client_routed", "GET", None, [])] * 2
+    assert [(f["injected"], f["error"]) for f in flows] == [("hang", "Connection killed.")] * 2
+    assert [f["notes"] for f in flows] == [["injected"], ["vm_retry", "injected"]]
+    assert not cp_requests(sim, sid) and not vm_requests(sim, jwt)
+    assert broken_by(audit_table(web), flows) == {}
+
+
+def test_python_sdk_retries_two_vm_502s_then_gets_browser_gone_and_never_calls_the_cp(
+    web: Mitmdump, sim: Simulator, sdk: kernel.Kernel
+) -> None:
+    """`502*2>gone`, one rule: what a VM going down looks like. 0.131.0 retries the 502s on the VM,
+    hands the caller the browser_gone and does not fall back: the expected missing_fallback."""
+    sid, jwt = create(sdk, sim)
+    web.command("browserrouting.inject", f"{sid}/telemetry/events=502*2>gone")
+    with pytest.raises(kernel.NotFoundError) as gone:
+        events(sdk, sid)
+    assert gone.value.body == {"code": "browser_gone", "message": "browser not found"}
+
+    *retried, last = audited(web, sid, 3)
+    record = wait_flow(web, last["flow_id"], lambda r: "missing_fallback" in r["violations"])
+    assert summary([*retried, record]) == [
+        ("client_routed", "GET", 502, []),
+        ("client_routed", "GET", 502, []),
+        ("client_routed", "GET", 404, ["missing_fallback"]),
+    ]
+    assert [f["injected"] for f in [*retried, record]] == ["502", "502", "gone"]
+    assert [f["notes"] for f in [*retried, record]] == [["injected"], *[["vm_retry", "injected"]] * 2]
+    assert not cp_requests(sim, sid) and not vm_requests(sim, jwt)
+    assert [(r["rule"], r["spent"]) for r in json.loads(web.command("browserrouting.inject.list"))] == [
+        (f"{sid}/telemetry/events=502*2>gone", True)
+    ]
+
+
 def test_python_sdk_re_issues_a_vm_403_once_to_the_cp_as_an_auth_fallback(
     web: Mitmdump, sim: Simulator, sdk: kernel.Kernel
 ) -> None:
@@ -189,16 +239,25 @@ def test_python_sdk_calling_again_after_an_auth_fallback_is_a_new_cp_call(
     assert broken_by(audit_table(web), flows) == {}
 
 
+def stream_after_a_fault(
+    web: Mitmdump, sim: Simulator, sdk: kernel.Kernel, kind: str, error: type[Exception]
+) -> tuple[str, list[dict[str, Any]]]:
+    """A new browser's stream answered `kind` (the SDK raises `error`), the rule cleared, the
+    stream read again: the browser's jwt and its audited flows."""
+    sid, jwt = create(sdk, sim)
+    web.command("browserrouting.inject", f"{sid}/telemetry/stream={kind}")
+    with pytest.raises(error):
+        read_stream(sdk, sid)
+    web.command("browserrouting.inject.clear")
+    assert read_stream(sdk, sid) == [1, 2, 3]  # at once, well inside the window
+    return jwt, audited(web, sid, 2 if kind == "gone:1" else 4)
+
+
 def test_python_sdk_reading_the_stream_after_a_browser_gone_on_it_keeps_a_conforming_route(
     web: Mitmdump, sim: Simulator, sdk: kernel.Kernel
 ) -> None:
     """The stream allows no fallback, so the reference keeps its route: the next read conforms."""
-    sid, jwt = create(sdk, sim)
-    web.command("browserrouting.inject", f"{sid}/telemetry/stream=gone:1")
-    with pytest.raises(kernel.NotFoundError):
-        read_stream(sdk, sid)
-    assert read_stream(sdk, sid) == [1, 2, 3]
-    flows = audited(web, sid, 2)
+    jwt, flows = stream_after_a_fault(web, sim, sdk, "gone:1", kernel.NotFoundError)
     assert summary(flows) == [("client_routed", "GET", 404, []), ("client_routed", "GET", 200, [])]
     assert [f["notes"] for f in flows] == [["injected"], ["gone_before"]]
     assert [r["path"] for r in vm_requests(sim, jwt)] == ["/browser/kernel/telemetry/stream"]
@@ -209,13 +268,7 @@ def test_python_sdk_fresh_call_after_its_retries_of_a_502_is_no_vm_retry(
     web: Mitmdump, sim: Simulator, sdk: kernel.Kernel
 ) -> None:
     """`x-stainless-retry-count` tells the SDK's retries (1, 2) from the caller's next call (0)."""
-    sid, _ = create(sdk, sim)
-    web.command("browserrouting.inject", f"{sid}/telemetry/stream=502")
-    with pytest.raises(kernel.InternalServerError):
-        read_stream(sdk, sid)
-    web.command("browserrouting.inject.clear")
-    assert read_stream(sdk, sid) == [1, 2, 3]  # at once, well inside the window
-    flows = audited(web, sid, 4)
+    _, flows = stream_after_a_fault(web, sim, sdk, "502", kernel.InternalServerError)
     assert summary(flows) == [*[("client_routed", "GET", 502, [])] * 3, ("client_routed", "GET", 200, [])]
     retried = ["vm_retry", "injected"]
     assert [f["notes"] for f in flows] == [["injected"], retried, retried, []]

@@ -1,6 +1,6 @@
 """mitmweb, as an engineer uses it: the decisions must be readable in the UI itself.
 
-Starts a real `mitmweb -s addon/browser_routing.py` with the Comment column the README's
+Starts a real `mitmweb -s addon/browser_routing.py` with the Comment column docs/report.md's
 command turns on, drives traffic through it against the simulator, and reads the flow
 list and a flow's Comment tab in headless Debian Chromium driven by Playwright. The
 screenshots land in `artifacts/`.
@@ -22,8 +22,8 @@ from simulator import Simulator
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
-# The columns of the README's mitmweb command, so that the command stays true.
-WEB_COLUMNS = re.findall(r"--set web_columns=(\w+)", (ROOT / "README.md").read_text())
+# The columns of the mitmweb command in docs/report.md, so that the command stays true.
+WEB_COLUMNS = re.findall(r"--set web_columns=(\w+)", (ROOT / "docs" / "report.md").read_text())
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists() and not os.environ.get("CI"),
@@ -54,7 +54,7 @@ def drive_four_decisions(sim: Simulator, proxy: Mitmdump) -> dict[str, str]:
 def test_decisions_are_visible_in_mitmweb(sim: Simulator, mitmweb: Mitmdump) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    assert "comment" in WEB_COLUMNS, "the README's mitmweb command shows the Comment column"
+    assert "comment" in WEB_COLUMNS, "the documented mitmweb command shows the Comment column"
     sid = drive_four_decisions(sim, mitmweb)["session_id"]
     fallback = mitmweb.records("fallback", sid)[-1]
     ARTIFACTS.mkdir(exist_ok=True)

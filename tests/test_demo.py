@@ -71,6 +71,10 @@ def test_demo_audits_the_sdks_own_routing_and_finds_no_browser_gone_fallback(
     findings = [p for p in passes(d) if p.startswith("expected finding for kernel")]
     assert [("missing_fallback" in p, "stale_route" in p) for p in findings] == [(True, False), (False, True)]
     assert re.search(r"missing_fallback 1/1 .*stale_route \d+/1 ", d)
+    # A browser_gone on the stream allows no fallback: the route is kept, the next read conforms.
+    assert re.search(r"^\s+client_routed\s+VM 404\s+ok \[injected gone\]\s+GET \S+/telemetry/stream", d, re.M)
+    assert re.search(r"^\s+client_routed\s+VM 200\s+ok \[gone_before\]\s+GET \S+/telemetry/stream", d, re.M)
+    assert "notes: vm_retry 2, auth_fallback 0, gone_before 1," in d
 
 
 def test_demo_on_a_live_like_vm_gets_the_502_and_falls_back_only_when_gone_is_injected(
@@ -82,9 +86,35 @@ def test_demo_on_a_live_like_vm_gets_the_502_and_falls_back_only_when_gone_is_in
     assert re.search(r"^\s+no_fallback\s+status\s+502\s", e, re.MULTILINE)
     assert "client got InternalServerError 502" in e
     fallbacks = re.findall(r"^\s+fallback\s+-\s+404\s+(\d+)\s+.*\(injected gone\)$", e, re.MULTILINE)
-    assert fallbacks == ["404", "200"], "the CP's answer for a deleted browser, then for a killed one"
-    assert len(re.findall(r"^\s+reissue\s", e, re.MULTILINE)) == 2
+    assert fallbacks == ["404", "200", "503"], (
+        "the CP's answer for a deleted browser, a killed one, a failing CP"
+    )
+    assert len(re.findall(r"^\s+reissue\s", e, re.MULTILINE)) == 3, (
+        "one re-issue per fallback, never a second"
+    )
     assert re.search(r"client got a page of 5 events: cp-\{id2\}-1", e)
+
+
+def test_demo_plays_a_vm_going_down_and_a_failing_reissue_with_one_rule_each(
+    demo: subprocess.CompletedProcess[str],
+) -> None:
+    e = section(demo.stdout, "E")
+    read4 = e[e.index("read 4:") :]
+    assert ":browserrouting.inject {id3}/telemetry/events=502*2>gone" in read4
+    assert ":browserrouting.inject cp:{id3}/telemetry/events=503:1" in read4
+    decisions = re.findall(r"^\s+(no_fallback|route_evicted|reissue|fallback)\s+(.*)$", read4, re.MULTILINE)
+    assert [(d, " ".join(rest.split())) for d, rest in decisions] == [
+        ("no_fallback", "status 502 - GET /browsers/{id3}/telemetry/events (injected 502)"),
+        ("no_fallback", "status 502 - GET /browsers/{id3}/telemetry/events (injected 502)"),
+        ("route_evicted", "browser_gone - - route cache: {id3}"),
+        ("reissue", "- - 503 GET /browsers/{id3}/telemetry/events (injected 503)"),
+        ("fallback", "- 404 503 GET /browsers/{id3}/telemetry/events (injected gone)"),
+    ], "no fallback on the 502s, one fallback, exactly one re-issue"
+    calls = re.findall(r"^\s+call \d: client got (\w+ \d+)", read4, re.MULTILINE)
+    assert calls == ["InternalServerError 502", "InternalServerError 502", "InternalServerError 503"]
+    assert re.search(r"^\s+VM\s+\S+\s+0\s+-$", read4, re.MULTILINE)
+    assert re.search(r"^\s+CP\s+\S+\s+0\s+-$", read4, re.MULTILINE)
+    assert len(passes(read4)) == 4 and "FAIL" not in read4
 
 
 def test_demo_help() -> None:

@@ -1,6 +1,6 @@
-"""Unit tests of the pure parts of live QA: injection rules (addon/faults/rules.py), the audit's
-judgement (addon/audit/rules.py, driven with times of our choosing) and how audited records read
-(addon/comments.py). The audit's timer in addon/audit/watcher.py is in tests/test_auditor_timer.py."""
+"""Unit tests of the pure parts of audit mode: the audit's judgement (addon/audit/rules.py, driven
+with times of our choosing) and how audited records read (addon/comments.py). The audit's timer in
+addon/audit/watcher.py is in tests/test_audit_timer.py; injection rules in tests/test_inject_rules.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from mitmproxy.utils.emoji import emoji
 from addon import paths
 from addon.audit.rules import RULES, Audit, Verdict, session_claim
 from addon.comments import audit_summary, comment, marker
-from addon.faults import rules as inject
 from addon.route_cache import Route
 
 SID, NAME = "sess-1", "qa-name"
@@ -25,99 +24,7 @@ ORIGIN = ("https", "proxy.vm.test", 8443)
 EVENTS = "telemetry/events"
 
 
-# =========================================================================== inject.py
-
-
-@pytest.mark.parametrize(
-    ("text", "session", "prefix", "kind", "left"),
-    [
-        ("s=gone", "s", "", "gone", None),
-        ("*=reset", "*", "", "reset", None),
-        (" s/telemetry/events=502:3 ", "s", "telemetry/events", "502", 3),
-        ("s//telemetry//stream/=404:1", "s", "telemetry/stream", "404", 1),
-        ("qa-name/fs=401", "qa-name", "fs", "401", None),
-        *[(f"s={k}", "s", "", k, None) for k in ("403", "500", "503", "504")],
-    ],
-)
-def test_parse_rule_accepts_every_kind_prefix_and_count(
-    text: str, session: str, prefix: str, kind: str, left: int | None
-) -> None:
-    rule = inject.parse_rule(text)
-    assert (rule.session, rule.prefix, rule.kind, rule.left) == (session, prefix, kind, left)
-    assert inject.parse_rule(str(rule)) == rule, "a rule prints as it parses"
-
-
-@pytest.mark.parametrize(
-    "bad",
-    ["x=teapot", "=gone", "s=gone:0", "s=gone:x", "s=gone:-1", "s=gone:", "s/../x=gone",
-     "s/%2e%2e/x=gone", "s/./x=gone", "s", "s=", "a b=gone", "s/tele metry=gone", "s/%zz=gone"],
-)  # fmt: skip
-def test_parse_rule_refuses_a_bad_rule_naming_it(bad: str) -> None:
-    with pytest.raises(ValueError) as refused:
-        inject.parse_rule(bad)
-    assert repr(bad.strip()) in str(refused.value)
-
-
-def test_parse_rules_skips_empty_entries_and_names_the_bad_one() -> None:
-    assert [str(r) for r in inject.parse_rules(" a=gone, ,b/fs=502:2,")] == ["a=gone", "b/fs=502:2"]
-    assert inject.parse_rules("") == []
-    with pytest.raises(ValueError, match="'b=teapot'"):
-        inject.parse_rules("a=gone,b=teapot")
-
-
-def test_take_uses_the_first_matching_rule_and_spends_its_count() -> None:
-    rules = inject.parse_rules("s/fs=401:1,s=500:2,*=503")
-    taken = [inject.take(rules, ("s", None), t) for t in ("fs/x", "fs/x", "curl", "fs")]
-    assert taken == ["401", "500", "500", "503"]
-    assert [r.left for r in rules] == [0, 0, None]
-    assert [r.as_json()["left"] for r in rules] == [0, 0, None]
-    assert inject.take(inject.parse_rules("s=gone"), ("other", None), "fs") is None
-
-
-TAILS = (
-    "telemetry",
-    "telemetry/events",
-    "telemetry/stream",
-    "telemetry/streamx",
-    "telemetry/stream/x",
-    "telemetryx",
-)
-
-
-@pytest.mark.parametrize(
-    ("prefix", "matched"),
-    [
-        ("telemetry", set(TAILS[:-1])),
-        ("telemetry/stream", {"telemetry/stream", "telemetry/stream/x"}),
-        ("tele", set()),
-    ],
-)
-def test_take_matches_prefixes_on_segment_boundaries(prefix: str, matched: set[str]) -> None:
-    rules = inject.parse_rules(f"s/{prefix}=500")
-    assert {t for t in TAILS if inject.take(rules, ("s",), t)} == matched
-    assert inject.take(inject.parse_rules("s/telemetry/events=500"), ("s",), "telemetry//events/") == "500"
-
-
-def test_take_keys_are_the_session_id_and_its_browser_name() -> None:
-    keys = (SID, NAME)
-    assert inject.take(inject.parse_rules(f"{NAME}=403"), keys, EVENTS) == "403"
-    assert inject.take(inject.parse_rules(f"{SID}=401"), keys, EVENTS) == "401"
-    assert inject.take(inject.parse_rules("None=401"), (SID, None), EVENTS) is None
-    assert inject.take(inject.parse_rules("*=504"), (SID, None), EVENTS) == "504"
-
-
-@pytest.mark.parametrize("kind", [k for k in inject.KINDS if k != "reset"])
-def test_answer_is_the_kinds_status_and_a_json_object(kind: str) -> None:
-    status, body = inject.answer(kind)
-    doc = json.loads(body)
-    assert status == (404 if kind == "gone" else int(kind))
-    if kind == "gone":
-        assert doc == {"code": "browser_gone", "message": "browser not found"}
-    else:
-        assert isinstance(doc, dict) and doc["code"] != "browser_gone" and doc["message"]
-
-
-# =========================================================================== audit.py
+# =========================================================================== audit/rules.py
 
 
 def new_audit(window: float = 1.0) -> Audit:
@@ -424,7 +331,7 @@ def test_vm_tail_with_default_port_trailing_slash_and_host_case() -> None:
     assert audit.vm_tail(("https", "proxy.vm.test", 443), "/browser/kernel/curl/raw") == "curl/raw"
 
 
-# =========================================================================== decisions.py
+# =========================================================================== comments.py
 
 
 AUDITED = ("client_routed", "client_cp", "client_fallback")

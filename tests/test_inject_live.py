@@ -8,42 +8,26 @@ the proxy. Each test checks what the client got, what the simulator received on 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import inject_support
 import pytest
 from conftest import proxy_options
+from inject_support import inject
 from mitmdump_runner import CommandFailed, Mitmdump
 from proxy_clients import AUTH, CACHE_CHANGES, Answer, cp_hits, flow_records, new_browser, send, url, vm_hits
 from simulator import Simulator
 
+mitmweb, web = inject_support.mitmweb, inject_support.web  # the module's fixtures
+
 GONE = {"code": "browser_gone", "message": "browser not found"}
 STATUS = {"gone": 404, "404": 404, "401": 401, "403": 403, "500": 500, "502": 502, "503": 503, "504": 504}
-BAD_RULES = ["x=teapot", "=gone", "s=gone:0", "s=gone:x", "s/../x=gone"]
+BAD_RULES = ["x=teapot", "=gone", "s=gone:0", "s=gone:x", "s/../x=gone", "s=502*2>delay"]
 SIMULATOR_OPTIONS = {"sse_interval": 0.02}  # the module's simulator: a VM stream ends quickly
 
 
-@pytest.fixture(scope="module")
-def mitmweb(sim: Simulator) -> Iterator[Mitmdump]:
-    with Mitmdump(proxy_options(sim), tool="mitmweb") as web:
-        yield web
-
-
-@pytest.fixture
-def web(mitmweb: Mitmdump, fresh_sim: Simulator) -> Mitmdump:
-    """The shared mitmweb with no rules, and the simulator's counts at zero."""
-    mitmweb.command("set", "browserrouting_inject", "")
-    mitmweb.command("browserrouting.inject.clear")
-    return mitmweb
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def inject(proxy: Mitmdump, *rules: str) -> None:
-    for rule in rules:
-        proxy.command("browserrouting.inject", rule)
 
 
 def browser_with_rule(proxy: Mitmdump, sim: Simulator, answer: str) -> str:
@@ -266,12 +250,17 @@ def test_commands_append_list_and_clear_the_rules(web: Mitmdump, fresh_sim: Simu
     sid = new_browser(web, fresh_sim, "inject-commands")
     assert rule_list(web) == []
     inject(web, f"{sid}/telemetry/events=gone:3", "inject-commands=502")
-    assert rule_list(web) == [
+    old_keys = ("rule", "session", "prefix", "kind", "left")  # what a rule of today listed, unchanged
+    assert [{k: r[k] for k in old_keys} for r in rule_list(web)] == [
         {"rule": f"{sid}/telemetry/events=gone:3", "session": sid, "prefix": "telemetry/events",
          "kind": "gone", "left": 3},
         {"rule": "inject-commands=502", "session": "inject-commands", "prefix": None,
          "kind": "502", "left": None},
     ]  # fmt: skip
+    assert [(r["cp"], r["spent"], [s["step"] for s in r["steps"]]) for r in rule_list(web)] == [
+        (False, False, ["gone:3"]),
+        (False, False, ["502"]),
+    ]
     assert send("httpx", web, url(fresh_sim, sid, "fs/read_file?path=/l")).status == 502
     web.command("browserrouting.inject.clear")
     assert rule_list(web) == []

@@ -101,7 +101,26 @@ def test_outbound_per_host_counts_final_records_and_not_what_injection_answered(
         "proxy.iad.onkernel.com:8443": 2,  # routed, fallback (the injected one was never sent)
         "api.onkernel.com:443": 4,  # create, two re-issues, passthrough
     }
-    assert "1 VM request answered by fault injection were never sent" in html
+    assert "1 request answered by fault injection was never sent" in html
+
+
+def test_a_delayed_or_cut_request_was_sent_and_the_findings_name_the_step() -> None:
+    sent = [
+        rec("routed", "d", 13.0, vm_url=f"{VM}/fs?jwt=x…", tail="fs", vm_status=200, injected="delay",
+            injected_delay_ms=300),
+        rec("routed", "k", 13.5, vm_url=f"{VM}/fs?jwt=x…", tail="fs", vm_status=200, injected="cut",
+            error="cut by fault injection"),
+        rec("no_fallback", "n", 14.0, vm_url=f"{VM}/fs?jwt=x…", tail="fs", reason="status", vm_status=502,
+            injected="502", injected_delay_ms=250),
+    ]  # fmt: skip
+    html = page_of(*FALLBACK, *sent)
+    hosts = attr_rows(html, "host", "host")
+    assert int(hosts["proxy.iad.onkernel.com:8443"]["total"]) == 4, (
+        "routed, fallback, the delayed one, the cut one"
+    )
+    assert "1 request answered by fault injection was never sent" in html
+    assert "no_fallback (status) on s1: VM 502 (injected 502@250) kept" in html
+    assert "injected: 502 ×1, cut ×1, delay ×1" in html
 
 
 def test_a_flow_logged_again_counts_once_the_last_record_wins_placed_where_it_first_ended() -> None:
@@ -268,8 +287,8 @@ def test_report_command_writes_the_running_proxys_log_with_its_options(
         sid = c.post(f"{sim.cp_url}/browsers", json={}).json()["session_id"]
         assert c.get(f"{sim.cp_url}/browsers/{sid}/fs/read_file", params={"path": "/x"}).is_success
     web.records("routed", sid)
-    written = web.command("browserrouting.report", str(tmp_path / "r.html"))
-    html = Path(written).read_text()
+    written = Path(web.command("browserrouting.report", str(tmp_path / "r.html")))
+    html = wait_for_page(written)
     assert (
         lanes(html) == [sid]
         and f"<dd>{sim.cp_url}</dd>" in html
@@ -279,6 +298,39 @@ def test_report_command_writes_the_running_proxys_log_with_its_options(
     web.command("set", "browserrouting_log", "")
     with pytest.raises(CommandFailed, match=r"browserrouting\.report: no decision log .*browserrouting_log"):
         web.command("browserrouting.report", str(tmp_path / "none.html"))
+
+
+def wait_for_page(page: Path, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not page.exists():
+        assert time.monotonic() < deadline, f"no page at {page}"
+        time.sleep(0.05)
+    return page.read_text()
+
+
+def test_report_command_renders_off_the_event_loop_while_the_proxy_keeps_answering(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    log, page = tmp_path / "big.jsonl", tmp_path / "big.html"
+    synthetic_log(log, 100_000)
+    with (
+        Mitmdump({**proxy_options(sim), "browserrouting_log": str(log)}, tool="mitmweb") as web,
+        client(web) as c,
+    ):
+        assert web.command("browserrouting.report", str(page)) == str(page)
+        assert not page.exists(), "the command returned before the page was rendered"
+        answered = 0
+        while not page.exists():  # the proxy answers while the page renders
+            c.get(f"{sim.cp_url}/browsers").raise_for_status()
+            answered += 1
+        html = wait_for_page(page)
+        deadline = time.monotonic() + 10
+        while "wrote " + str(page) not in "".join(web.output):  # the event log says so
+            assert time.monotonic() < deadline, "no word of the page in the event log"
+            time.sleep(0.05)
+    assert answered >= 5, f"only {answered} answers while the page rendered"
+    assert html.rstrip().endswith("</html>") and "route_evicted 5000" in html
+    assert not list(tmp_path.glob(".*.partial")), "written whole, then moved into place"
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +386,7 @@ def test_demo_report_tells_the_story_in_chromium(demo_report: Path) -> None:
             expect(page.locator(f'g.lane[data-session="{session}"]')).to_be_visible()
         assert page.locator('g.lane[data-kind="session"]').count() == len(sessions)
 
-        assert len(fallbacks) == 3
+        assert len(fallbacks) == 4  # (C); (E) reads 2, 3 and 4
         for r in fallbacks:
             link = page.locator(f'path.link[data-from="{r["flow_id"]}"][data-to="{r["reissue_flow"]}"]')
             expect(link).to_be_visible()

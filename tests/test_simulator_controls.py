@@ -78,6 +78,13 @@ def test_faults_and_reset(sim: Simulator, cp: httpx.Client, vm: httpx.Client) ->
     with pytest.raises(httpx.TransportError):
         cp.get("/browsers")
 
+    # A GET the CP relays to a VM that drops it once: one attempt, the client's 502 (no
+    # silent retry of an idempotent request behind the client's back).
+    assert cp.post("/_sim/reset").status_code == 200
+    sim.set_fault(None, reset=True, path_contains="fs/read_file", times=1)
+    relayed = cp.get(f"/browsers/{b['session_id']}/fs/read_file", params={"path": "/x"})
+    assert relayed.status_code == 502 and sim.stats()["vm"]["count"] == 1
+
     assert cp.post("/_sim/reset").status_code == 200
     assert vm_get(vm, sim, "telemetry/events", jwt).status_code == 200
     assert cp.get("/browsers").status_code == 200

@@ -106,14 +106,15 @@ class RoutingAudit:
         )  # fmt: skip
         for exchange in settled:
             self.report_missing(exchange)
-        kind = self.injector.apply(flow, (session, route.name if route else None), tail) if session else None
-        if kind is not None:
+        keys = (session, route.name if route else None)
+        injected = self.injector.apply(flow, keys, tail) if session else {}
+        if injected:
             self.audit.note(verdict, "injected")
         assert verdict.exchange is not None
         self.open[flow.id] = verdict.exchange
         self.recorder.decide(
             flow, Decision.CLIENT_ROUTED, session_id=session, vm_url=flow.request.url,
-            violations=verdict.violations, notes=verdict.notes, injected=kind,
+            violations=verdict.violations, notes=verdict.notes, **injected,
         )  # fmt: skip
 
     def cp_request(self, flow: http.HTTPFlow, path: str, query: str) -> None:
@@ -125,6 +126,12 @@ class RoutingAudit:
             flow.id, session, by_id, route is not None, jwt_of(query) is not None,
             flow.request.method, sub.tail if sub else None, query, time.monotonic(),
         )  # fmt: skip
+        injected: dict[str, Any] = {}
+        if sub is not None:  # `cp:` rules: the browser by the id or name it used, or the route's other key
+            keys = (sub.session_key, route.session_id, route.name) if route else (sub.session_key,)
+            injected = self.injector.apply(flow, keys, sub.tail, cp=True)
+        if injected:
+            self.audit.note(verdict, "injected")
         served = verdict.exchange
         if served is not None:
             self.open[flow.id] = served
@@ -133,7 +140,7 @@ class RoutingAudit:
                 self.router.evict(route.session_id, "auth_fallback", flow)  # as the SDKs do on a stale jwt
         self.recorder.decide(
             flow, decision, session_id=session, violations=verdict.violations, notes=verdict.notes,
-            serves=served.flow_id if served else None,
+            serves=served.flow_id if served else None, **injected,
         )  # fmt: skip
 
     # -- answers -------------------------------------------------------------

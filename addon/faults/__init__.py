@@ -1,7 +1,8 @@
-"""Fault injection: the proxy answers a VM request itself, so that any VM behaviour can be
-produced on demand. `rules` parses and matches the rules (pure); `responder` is the part that
-owns the option and answers the flows."""
+"""Fault injection: the proxy answers, holds or cuts a VM request (or a CP one) itself, so that
+any VM behaviour can be produced on demand. `steps` and `rules` parse and match the rules (pure);
+`responder` is the part that owns the options and carries the steps out; `holding` holds
+requests and cuts answers."""
 
-from .responder import FaultInjection
+from .responder import CUT_ERROR, FaultInjection
 
-__all__ = ["FaultInjection"]
+__all__ = ["CUT_ERROR", "FaultInjection"]

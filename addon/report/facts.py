@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import paths
-from ..decisions import AUDIT, CP_SIDE, ORDER, ROUTE_MODE, Decision
+from ..comments import injected as injected_step
+from ..decisions import AUDIT, CP_SIDE, INJECTED_BUT_SENT, ORDER, ROUTE_MODE, Decision
 from .conformance import Conformance
 from .log import (
     OPTIONS,
@@ -96,9 +97,9 @@ def facts_of(run: Run) -> Facts:
         if session := session_of(record):
             facts.sessions.add(session)
         url, vm_url = record.get("url"), record.get("vm_url")
-        if record.get("injected"):
-            facts.injected[str(record["injected"])] += 1
-        elif host := host_of(vm_url if vm_url else url):
+        if kind := record.get("injected"):
+            facts.injected[str(kind)] += 1
+        if (not kind or kind in INJECTED_BUT_SENT) and (host := host_of(vm_url if vm_url else url)):
             facts.outbound[host] += 1
             if decision in (Decision.REISSUE, Decision.CLIENT_FALLBACK):
                 facts.reissues[host] += 1
@@ -177,7 +178,7 @@ def header_options(run: Run, facts: Facts) -> list[dict[str, Any]]:
         "fallback": "includes " + listed(facts.eligible_tails)
         + (f"; not {listed(facts.ineligible_tails)}" if facts.ineligible_tails else ""),
         "inject": (
-            "answered by the proxy: " + ", ".join(f"{k} ×{n}" for k, n in sorted(facts.injected.items()))
+            "injected: " + ", ".join(f"{k} ×{n}" for k, n in sorted(facts.injected.items()))
             if facts.injected else "none seen"
         ),
     }  # fmt: skip
@@ -220,7 +221,7 @@ def finding(r: Record) -> str:
     if d == Decision.ROUTE_REFUSED:
         return f"route refused ({r.get('reason')}) for {session}: {r.get('base_url')}"
     where = f"{r.get('method', '')} {path_of(r.get('url'))}".strip()
-    injected = f" (injected {r['injected']})" if r.get("injected") else ""
+    injected = f" (injected {step})" if (step := injected_step(r)) else ""
     if d == Decision.FALLBACK:
         cp = r.get("cp_status")
         text = f"fallback on {session}: VM {status_text(r.get('vm_status'))} browser_gone{injected}"

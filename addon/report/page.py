@@ -24,7 +24,7 @@ from typing import Any
 
 import jinja2
 
-from ..decisions import CACHE, ORDER
+from ..decisions import CACHE, INJECTED_BUT_SENT, ORDER
 from .facts import Facts, facts_of, findings, header_options, summary_chips
 from .log import OPTIONS, Run, load_run, read_run
 from .text import clock
@@ -80,7 +80,8 @@ def hosts_table(runs: Sequence[Run], all_facts: Sequence[Facts]) -> dict[str, An
             "reissues": sum(f.reissues[host] for f in all_facts),
             "bar": max(1, round(80 * total / biggest)),
         })  # fmt: skip
-    injected = sum(sum(f.injected.values()) for f in all_facts)
+    # Only what the proxy answered in the server's place was never sent (`delay`, `cut` were).
+    injected = sum(n for f in all_facts for kind, n in f.injected.items() if kind not in INJECTED_BUT_SENT)
     return {"rows": rows, "injected": injected, "runs": len(runs)}
 
 
@@ -166,5 +167,7 @@ def write_report(logs: Sequence[LogSource], out: str | Path, title: str = "") ->
     runs = [load_run(log.path, log.label, log.options) for log in logs]
     target = Path(out).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render(runs, title), encoding="utf-8")
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(render(runs, title), encoding="utf-8")
+    partial.replace(target)  # a reader never sees half a page
     return target

@@ -24,7 +24,10 @@ its own `mitmweb -s addon/browser_routing.py`, driven through mitmweb's command 
       as the live VM proxy does: a browser deleted at the CP behind the proxy's back gives
       the VM's 502 and no fallback; with browser_gone injected the addon falls back once
       and the client gets the CP's answer (its 404 for the deleted browser; its page for a
-      browser killed on the VM only, which the CP still serves).
+      browser killed on the VM only, which the CP still serves); then a VM going down (502
+      twice, then browser_gone) and a fallback whose CP call fails once, one rule each:
+      no fallback on the 502s, one fallback, the client gets the CP's 503, no second
+      re-issue.
 
 Each step prints the addon's decision records for its flows, the outbound attempts per
 host as the simulator counted them, and PASS/FAIL per expectation. At the end the demo

@@ -68,28 +68,20 @@ def steps(stack: contextlib.ExitStack, report_dir: Path | None = None) -> int:
     """Start everything (registering its cleanup on `stack` first), then run the steps."""
     sim = Simulator()
     stack.callback(sim.stop)
-    try:
+    try:  # each part's cleanup is registered before it starts
         sim.start()
-    except OSError as exc:
-        print(f"demo: the simulator did not start: {exc}", file=sys.stderr)
-        return 2
-    proxy = Mitmdump(proxy_options(sim))
-    stack.callback(proxy.cleanup)
-    try:
+        proxy = Mitmdump(proxy_options(sim))
+        stack.callback(proxy.cleanup)
         proxy.start()
-    except RuntimeError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
+        live = LiveQa.start(stack, sim, proxy_options, API_KEY)
+    except (OSError, RuntimeError) as exc:
+        print(f"demo: could not start: {exc}", file=sys.stderr)
         return 2
     os.environ.pop("KERNEL_BASE_URL", None)
     # The SDK itself routes nothing, the proxy does. No SDK retries: every attempt the
     # simulator counts is one the client made once.
     client = sdk_client(API_KEY, sim.cp_url, routing="", proxy=proxy, max_retries=0)
     stack.callback(client.close)
-    try:
-        live = LiveQa.start(stack, sim, proxy_options, API_KEY)
-    except (OSError, RuntimeError) as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return 2
 
     demo = Demo(sim, proxy, client)
     route = RouteSteps(demo)

@@ -4,9 +4,10 @@
 the VM by itself, a `mitmweb` with `browserrouting_mode=audit` judges each exchange, and
 fault-injection rules added through mitmweb's command API make the VM answer 502 or
 browser_gone on demand. (E) runs route mode against a simulator whose VM answers 502 for
-a deleted browser, as the live VM proxy does today, and reaches the fallback by injecting
-browser_gone. Each step prints through the harness's `Demo` (records, counts, PASS/FAIL), so
-that the output reads as one.
+a deleted browser, as the live VM proxy does today, reaches the fallback by injecting
+browser_gone, and plays a VM going down (502 twice, then browser_gone) with a fallback
+whose CP call fails once, one rule each. Each step prints through the harness's `Demo`
+(records, counts, PASS/FAIL), so that the output reads as one.
 """
 
 from __future__ import annotations
@@ -234,6 +235,28 @@ def audit_sdk_routing(demo: Demo, qa: LiveQa) -> None:
         [r["violations"] for r in stale],
     )
 
+    demo.say("    a browser_gone where no fallback applies: a new browser, its stream answered gone once")
+    other = client.browsers.create().session_id
+    demo.remember(other)
+    rule = f"{other}/telemetry/stream=gone:1"
+    demo.say(f"    :browserrouting.inject {demo.short(rule)}  then open the stream, twice")
+    proxy.command("browserrouting.inject", rule)
+    demo.mark()
+    error = api_error(lambda: list(client.browsers.telemetry.stream(other)))
+    with client.browsers.telemetry.stream(other) as stream:
+        streamed = [str(event.to_dict().get("id")) for event in stream]
+    recs = demo.records(answered(2))
+    show_audit(demo, recs)
+    kept = audited(recs)
+    demo.check(
+        [(r.get("vm_status"), r["violations"], r["notes"]) for r in kept]
+        == [(404, [], ["injected"]), (200, [], ["gone_before"])]
+        and isinstance(error, kernel.NotFoundError)
+        and len(streamed) == demo.sim.sse_count,
+        "the stream allows no fallback, so the route is kept: the next read conforms (gone_before)",
+        [(r.get("vm_status"), r["violations"], r["notes"]) for r in kept],
+    )
+
     table = json.loads(proxy.command("browserrouting.audit"))
     rules = table["rules"]
     cells = [f"{name} {rule['checked']}/{len(rule['broken'])}" for name, rule in rules.items()]
@@ -244,7 +267,8 @@ def audit_sdk_routing(demo: Demo, qa: LiveQa) -> None:
     broken = {name: rule["broken"] for name, rule in rules.items() if rule["broken"]}
     demo.check(
         broken == {"missing_fallback": [gone.get("flow_id")], "stale_route": [r["flow_id"] for r in stale]}
-        and table["notes"]["vm_retry"] == 2,
+        and table["notes"]["vm_retry"] == 2
+        and table["notes"]["gone_before"] == 1,
         "the audit table names those two flows and no other broken rule",
         broken,
     )
@@ -311,6 +335,64 @@ def live_like_route_mode(demo: Demo, qa: LiveQa) -> None:
     demo.say(f"    client got a page of {len(page)} events: {demo.short(', '.join(page))}")
     fallback_once(demo, qa, recs, counts, cp_status=200)
     demo.check(bool(page) and all(i.startswith(f"cp-{other}-") for i in page), "the client got the CP's page")
+    vm_going_down(demo, qa)
+
+
+def vm_going_down(demo: Demo, qa: LiveQa) -> None:
+    """(E) read 4: the VM answers 502 twice then browser_gone, the fallback's CP re-issue fails
+    once; one rule each, typed once, instead of a command at each right moment."""
+    proxy, client = qa.route, qa.route_client
+    sid = client.browsers.create().session_id
+    demo.remember(sid, "{id3}")
+    rules = (f"{sid}/telemetry/events=502*2>gone", f"cp:{sid}/telemetry/events=503:1")
+    demo.say("    read 4: browser {id3} created through the proxy; a VM going down, a CP that fails once:")
+    for rule, what in zip(
+        rules, ("502 twice, then browser_gone", "the fallback's CP re-issue fails once"), strict=True
+    ):
+        demo.say(f"    :browserrouting.inject {demo.short(rule):<36}  {what}")
+        proxy.command("browserrouting.inject", rule)
+    demo.say("      then GET its telemetry events three times")
+    demo.mark()
+    errors = [api_error(lambda: client.browsers.telemetry.events(sid)) for _ in range(3)]
+    recs = demo.records(lambda rs: any(r["decision"] == "fallback" for r in rs))
+    demo.show(recs)
+    counts = demo.attempts()
+    for n, error in enumerate(errors, 1):
+        demo.say(f"    call {n}: client got {describe(demo, error)}")
+    flows = [r for r in recs if not r["decision"].startswith("route_")]
+    got = [(r["decision"], r["reason"], r.get("vm_status"), r.get("injected")) for r in flows]
+    demo.check(
+        got[:2] == [("no_fallback", "status", 502, "502")] * 2
+        and [e.status_code if e else None for e in errors[:2]] == [502, 502],
+        "no fallback on the 502s: the client got each 502, decision no_fallback (status)",
+        got,
+    )
+    by = {r["decision"]: r for r in recs}
+    fallback, reissue = by.get("fallback", {}), by.get("reissue", {})
+    demo.check(
+        [r["decision"] for r in flows].count("fallback") == 1
+        and (fallback.get("injected"), fallback.get("vm_status")) == ("gone", 404)
+        and (by.get("route_evicted", {}).get("reason")) == "browser_gone",
+        "one fallback, on the browser_gone: the route evicted",
+    )
+    third = errors[2]
+    demo.check(
+        third is not None
+        and third.status_code == 503
+        and (reissue.get("injected"), reissue.get("cp_status"), fallback.get("cp_status"))
+        == ("503", 503, 503)
+        and [r["decision"] for r in flows].count("reissue") == 1,
+        "the client got the CP's 503 (the re-issue's answer), and no second re-issue",
+        [r["decision"] for r in flows],
+    )
+    listed = json.loads(proxy.command("browserrouting.inject.list"))
+    spent = [(demo.short(r["rule"]), r["spent"]) for r in listed if sid in r["rule"]]
+    demo.say(f"    :browserrouting.inject.list  {', '.join(f'{rule} spent' for rule, done in spent if done)}")
+    demo.check(
+        counts == {"VM": 0, "CP": 0} and spent == [(demo.short(rule), True) for rule in rules],
+        "the proxy answered every call itself, VM and CP; both rules are spent",
+        counts,
+    )
 
 
 def fallback_once(demo: Demo, qa: LiveQa, recs: list[Record], counts: dict[str, int], cp_status: int) -> None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import http.client
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from .exchange import Exchange
 from .state import State
 
-if TYPE_CHECKING:
-    from .server import Simulator
+# Runs one control: (method, action, JSON body, its object or {}) -> its JSON result, or None
+# for an unknown control. The simulator's Python API, handed in so that this module needs no
+# import of the server.
+Action = Callable[[str, str, Any, dict[str, Any]], Any]
 
 
 class BadRequest(Exception):
@@ -39,7 +42,7 @@ async def apply_faults(ex: Exchange, state: State) -> web.StreamResponse | None:
     return ex.raw(status, [("Content-Type", "text/plain")], f"simulated {status} {phrase}\n".encode())
 
 
-async def handle_control(ex: Exchange, sim: Simulator) -> web.StreamResponse:
+async def handle_control(ex: Exchange, act: Action) -> web.StreamResponse:
     """Answer `GET|POST /_sim/<action>` through the simulator's Python API."""
     action = ex.path[len("/_sim") :].strip("/")
     body = await ex.read_body()
@@ -49,7 +52,7 @@ async def handle_control(ex: Exchange, sim: Simulator) -> web.StreamResponse:
         return ex.error(400, "bad_request", "invalid JSON")
     args: dict[str, Any] = data if isinstance(data, dict) else {}
     try:
-        result = _action(sim, ex.method, action, data, args)
+        result = act(ex.method, action, data, args)
     except (BadRequest, ValueError, TypeError) as exc:
         return ex.error(400, "bad_request", str(exc))
     except KeyError:
@@ -59,44 +62,7 @@ async def handle_control(ex: Exchange, sim: Simulator) -> web.StreamResponse:
     return ex.json(200, result)
 
 
-def _action(sim: Simulator, method: str, action: str, data: Any, args: dict[str, Any]) -> Any:
-    """Run one control; its JSON result, or None for an unknown control."""
-    if method == "GET" and action == "stats":
-        return sim.stats()
-    if method == "GET" and action == "browsers":
-        return list(sim.browsers.values())
-    if method != "POST":
-        return None
-    if action == "kill":
-        sim.kill_on_vm(_text(args, "session", '{"session": "<id or name>"}'))
-    elif action == "fault":
-        sim.set_fault(
-            args.get("status"),
-            reset=bool(args.get("reset", False)),
-            path_contains=args.get("path_contains"),
-            side=str(args.get("side", "vm")),
-            times=args.get("times"),
-        )
-    elif action == "latency":
-        sim.set_latency(cp=float(args.get("cp", 0)), vm=float(args.get("vm", 0)))
-    elif action == "gzip_gone":
-        sim.set_gzip_gone(data if isinstance(data, bool) else bool(args.get("enabled", True)))
-    elif action == "deleted_browser":
-        sim.set_deleted_browser(_text(args, "answer", '{"answer": "gone" | "502"}'))
-    elif action == "hold":
-        sim.hold_streams(bool(args.get("hold", True)))
-    elif action == "release":
-        sim.release_streams()
-    elif action == "reset":
-        sim.reset()
-    elif action == "create":
-        return sim.create_browser(name=args.get("name"), pool=args.get("pool"))
-    else:
-        return None
-    return {"ok": True}
-
-
-def _text(args: dict[str, Any], key: str, expected: str) -> str:
+def text_arg(args: dict[str, Any], key: str, expected: str) -> str:
     """A control's string argument, or a 400 that shows the body it expects."""
     value = args.get(key)
     if not isinstance(value, str):

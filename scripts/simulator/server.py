@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from .control import handle_control, is_control
+from .control import handle_control, is_control, text_arg
 from .cp import ControlPlane
 from .exchange import Exchange
 from .shapes import VM_PREFIX, redact
@@ -163,7 +163,7 @@ class Simulator:
         """Every request on either side: controls, or a counted CP or VM request, logged once."""
         ex = Exchange(request, side, self._host_keys[side], self._state)
         if side == "cp" and is_control(ex.path):
-            resp = await handle_control(ex, self)
+            resp = await handle_control(ex, self.control)
             log.debug("control %s %s -> %s", ex.method, ex.path, ex.status)
             return resp
         started = time.monotonic()
@@ -343,6 +343,42 @@ class Simulator:
     def reset(self) -> None:
         """Clear counters, faults, latency, gzip and holds, restore deleted_browser; browsers are kept."""
         self._state.reset()
+
+    def control(self, method: str, action: str, data: Any, args: dict[str, Any]) -> Any:
+        """Run one control; its JSON result, or None for an unknown control."""
+        if method == "GET" and action == "stats":
+            return self.stats()
+        if method == "GET" and action == "browsers":
+            return list(self.browsers.values())
+        if method != "POST":
+            return None
+        if action == "kill":
+            self.kill_on_vm(text_arg(args, "session", '{"session": "<id or name>"}'))
+        elif action == "fault":
+            self.set_fault(
+                args.get("status"),
+                reset=bool(args.get("reset", False)),
+                path_contains=args.get("path_contains"),
+                side=str(args.get("side", "vm")),
+                times=args.get("times"),
+            )
+        elif action == "latency":
+            self.set_latency(cp=float(args.get("cp", 0)), vm=float(args.get("vm", 0)))
+        elif action == "gzip_gone":
+            self.set_gzip_gone(data if isinstance(data, bool) else bool(args.get("enabled", True)))
+        elif action == "deleted_browser":
+            self.set_deleted_browser(text_arg(args, "answer", '{"answer": "gone" | "502"}'))
+        elif action == "hold":
+            self.hold_streams(bool(args.get("hold", True)))
+        elif action == "release":
+            self.release_streams()
+        elif action == "reset":
+            self.reset()
+        elif action == "create":
+            return self.create_browser(name=args.get("name"), pool=args.get("pool"))
+        else:
+            return None
+        return {"ok": True}
 
     def stats(self) -> dict[str, Any]:
         """Requests per side (count, in flight, max in flight, records) and per host."""
