@@ -99,15 +99,20 @@ def summary(record: dict[str, Any]) -> str:
 def comment(record: dict[str, Any]) -> str:
     """The summary line, then every field of the record in the order it was learned, for
     mitmweb's Comment tab. The tab folds newlines, so each field line starts with a separator."""
-    lines = [summary(record)]
-    for key, value in record.items():
-        if value is None:
-            continue
-        if key == "cache":
-            value = "; ".join(f"{c['decision']} {c.get('session_id')} ({c.get('reason')})" for c in value)
-            more = record.get("cache_changes", 0) - len(record["cache"])
-            value += f"; and {more} more (see the log)" if more > 0 else ""
-        elif type(value) is list:
-            value = ", ".join(map(str, value)) or "none"
-        lines.append(f"· {key}: {value}")
-    return "\n".join(lines)
+    fields = "\n".join(
+        [
+            f"· {key}: {value}" if type(value) is not list else f"· {key}: {listed(key, value, record)}"
+            for key, value in record.items()
+            if value is not None
+        ]
+    )
+    return f"{summary(record)}\n{fields}"  # a record has a decision at least
+
+
+def listed(key: str, value: list[Any], record: dict[str, Any]) -> str:
+    """A list field as one line: the cache changes on record, and how many more the log has."""
+    if key != "cache":
+        return ", ".join(map(str, value)) or "none"
+    text = "; ".join(f"{c['decision']} {c.get('session_id')} ({c.get('reason')})" for c in value)
+    more = record.get("cache_changes", 0) - len(value)
+    return text + (f"; and {more} more (see the log)" if more > 0 else "")

@@ -100,20 +100,29 @@ class DecisionRecorder:
         record = record_of(flow)
         if record is None:
             url = fields.pop("url", None)
-            record = flow.metadata[METADATA_KEY] = {
-                "decision": decision,
-                "reason": reason,
-                "session_id": None,
-                "method": flow.request.method,
-                "url": redact_url(url if url is not None else flow.request.url),
-                "flow_id": flow.id,
-            }
+            record = self.start(flow, decision, reason, url if url is not None else flow.request.url)
         else:
             record["decision"], record["reason"] = decision, reason
         for key, value in fields.items():
             if value is not None:
                 record[key] = redact_url(value) if key.endswith("url") else value
         flow.marked = marker(record)
+
+    def start(
+        self, flow: http.HTTPFlow, decision: str, reason: str | None, url: str, session_id: str | None = None
+    ) -> dict[str, Any]:
+        """The flow's new record, `url` being the URL the client sent; its marker shows at once.
+        Most flows are decided by this alone (passthrough), so it builds the record in one go."""
+        record = flow.metadata[METADATA_KEY] = {
+            "decision": decision,
+            "reason": reason,
+            "session_id": session_id,
+            "method": flow.request.method,
+            "url": redact_url(url),
+            "flow_id": flow.id,
+        }
+        flow.marked = marker(record)
+        return record
 
     def cache_changed(
         self, decision: str, reason: str | None, route: Route, flow: http.HTTPFlow | None = None

@@ -264,23 +264,21 @@ class Router:
             flow.comment, flow.marked = "", ""
         if self.mode != "route" or (origin := self.cp_origin(flow.request)) is None:
             return
-        target = flow.request.path
+        raw = flow.request.data.path
+        target = raw.decode("utf-8", "surrogateescape")  # what the `path` property reads
         client_url = origin + target  # the record's url, built once from parts already at hand
         path, query = paths.split_path(target)
-        sub = paths.parse_subresource_path(path)
+        # Most CP calls are not about a browser: told from the raw bytes, before any regex.
+        sub = paths.parse_subresource_path(path) if b"/browsers/" in raw else None
         if sub is None:
-            self.recorder.decide(flow, Decision.PASSTHROUGH, "not_browser_subresource", url=client_url)
+            self.recorder.start(flow, Decision.PASSTHROUGH, "not_browser_subresource", client_url)
             return
         if not paths.is_allowlisted(sub.tail, self.subresources):
-            self.recorder.decide(
-                flow, Decision.PASSTHROUGH, "not_allowlisted", session_id=sub.session_key, url=client_url
-            )
+            self.recorder.start(flow, Decision.PASSTHROUGH, "not_allowlisted", client_url, sub.session_key)
             return
         route = self.cache.get(sub.session_key)
         if route is None:
-            self.recorder.decide(
-                flow, Decision.PASSTHROUGH, "no_route", session_id=sub.session_key, url=client_url
-            )
+            self.recorder.start(flow, Decision.PASSTHROUGH, "no_route", client_url, sub.session_key)
             return
         client = ClientRequest.of(flow.request, sub.tail)
         try:
@@ -327,6 +325,8 @@ class Router:
         LEARN_SLICE browsers is learned in slices (the awaitable returned), so that other
         flows go on meanwhile."""
         assert flow.response
+        if b"/browser" not in flow.request.data.path:  # /browsers, /browser_pools: most CP calls are neither
+            return None
         method, path = flow.request.method, paths.split_path(flow.request.path)[0]
         if (key := paths.deleted_browser_key(method, path)) is not None:
             self.evict(key, "delete", flow)
