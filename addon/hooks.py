@@ -120,7 +120,8 @@ class BrowserRouting:
             self.router.on_responseheaders(flow)
         if self.injector.cutting:
             self.injector.on_responseheaders(flow)
-        self.recorder.on_responseheaders(flow, record)
+        if flow.response.stream:  # an answer read whole shows its comment when it ends
+            self.recorder.on_responseheaders(flow, record)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         record = flow.metadata.get(METADATA_KEY)

@@ -33,7 +33,7 @@ class JsonLinesLog:
     """Appends one JSON object per line; a path of "" turns it off."""
 
     def __init__(self) -> None:
-        self._file: IO[str] | None = None
+        self.file: IO[str] | None = None
         self._failed = False
 
     def open(self, path: str) -> None:
@@ -43,15 +43,15 @@ class JsonLinesLog:
             expanded = os.path.expanduser(path)
             new = open(expanded, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # noqa: SIM115
         self.close()
-        self._file = new
+        self.file = new
         self._failed = False
 
     def write(self, record: dict[str, Any]) -> None:
         """Never raises: a failing write (disk full, file gone) is reported once."""
-        if self._file is None:
+        if self.file is None:
             return
         try:
-            self._file.write(
+            self.file.write(
                 json.dumps({"ts": round(time.time(), 3), **record}, ensure_ascii=False, default=str) + "\n"
             )
         except (OSError, ValueError) as e:
@@ -60,9 +60,9 @@ class JsonLinesLog:
             self._failed = True
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class DecisionRecorder:
@@ -159,9 +159,9 @@ class DecisionRecorder:
         self.log.write(change)
 
     def on_responseheaders(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
-        # An event stream may stay open for long: show its comment meanwhile.
+        """An answer that streams: an event stream may stay open for long, show its comment meanwhile."""
         response = flow.response
-        if response is not None and response.stream and media_type(response.headers) == "text/event-stream":
+        if response is not None and media_type(response.headers) == "text/event-stream":
             flow.comment = comment(record)
 
     def final(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
@@ -171,8 +171,10 @@ class DecisionRecorder:
         # Replayed, read back, or answered (closed, held until dropped) by an injection rule: never sent.
         injected = record.get("injected")
         if flow.live and flow.is_replay != "response" and (injected is None or injected in INJECTED_BUT_SENT):
-            self.outbound[flow.request.data.host, flow.request.data.port] += 1
-        self.log.write(record)
+            d = flow.request.data
+            self.outbound[d.host, d.port] += 1
+        if self.log.file is not None:  # most runs keep no log: spared the call
+            self.log.write(record)
 
     def refresh(self, flow: http.HTTPFlow, redraw: bool = True) -> None:
         """A record changed after its flow ended: log it again and have mitmweb redraw the flow."""

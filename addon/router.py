@@ -256,12 +256,13 @@ class Router:
         # request body streams (stream_large_bodies), so the `request` hook would be too late.
         if flow.response or flow.error or not flow.live:
             return  # answered already (server replay), or an offline read
-        record = record_of(flow)
-        if record is not None and record["decision"] == Decision.REISSUE:
-            return  # a fallback's re-issue goes to the CP as it is
-        if record is not None:  # a replayed flow is decided afresh, or not at all
-            del flow.metadata[METADATA_KEY]
-            flow.comment, flow.marked = "", ""
+        if METADATA_KEY in flow.metadata:  # decided before: a fallback's re-issue, or a replayed flow
+            record = record_of(flow)
+            if record is not None and record["decision"] == Decision.REISSUE:
+                return  # a fallback's re-issue goes to the CP as it is
+            if record is not None:  # a replayed flow is decided afresh, or not at all
+                del flow.metadata[METADATA_KEY]
+                flow.comment, flow.marked = "", ""
         if self.mode != "route" or (origin := self.cp_origin(flow.request)) is None:
             return
         raw = flow.request.data.path
@@ -314,19 +315,20 @@ class Router:
     def on_response(self, flow: http.HTTPFlow, record: dict[str, Any]) -> Awaitable[None] | None:
         """Record the CP's status and learn from it; an awaitable when a large page is still
         being learned (see `learn`)."""
-        if record["decision"] not in CP_AS_SENT or not flow.response or not flow.live:
+        decision, response = record["decision"], flow.response
+        if decision not in CP_AS_SENT or response is None or not flow.live:
             return None  # offline reads (mitmdump -nr) keep their recorded decisions and teach nothing
-        if record["decision"] == Decision.PASSTHROUGH:
-            record["cp_status"] = flow.response.status_code  # the decision stands: only its status is new
-        return self.learn(flow) if 200 <= flow.response.status_code < 300 else None
+        status = response.status_code
+        if decision == Decision.PASSTHROUGH:
+            record["cp_status"] = status  # the decision stands: only its status is new
+        # Only /browsers and /browser_pools teach; most CP calls are neither, told from the raw path.
+        return self.learn(flow) if 200 <= status < 300 and b"/browser" in flow.request.data.path else None
 
     def learn(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Fill or evict the cache from a successful control-plane response. A page of more than
         LEARN_SLICE browsers is learned in slices (the awaitable returned), so that other
         flows go on meanwhile."""
         assert flow.response
-        if b"/browser" not in flow.request.data.path:  # /browsers, /browser_pools: most CP calls are neither
-            return None
         method, path = flow.request.method, paths.split_path(flow.request.path)[0]
         if (key := paths.deleted_browser_key(method, path)) is not None:
             self.evict(key, "delete", flow)
