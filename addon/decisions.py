@@ -21,6 +21,9 @@ class Decision(StrEnum):
     ROUTE_EVICTED = "route_evicted"
     ROUTE_REFUSED = "route_refused"
 
+    # Formatted as the str it is: Enum's own __format__ runs Python code on every comment line.
+    __format__ = str.__format__
+
 
 ROUTE_MODE = frozenset(
     {Decision.ROUTED, Decision.PASSTHROUGH, Decision.FALLBACK, Decision.NO_FALLBACK, Decision.REISSUE}
