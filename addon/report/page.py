@@ -7,10 +7,10 @@ its record was logged, the fallback's link to its re-issue, cache changes as tic
 record as its SVG tooltip), the outbound requests per host and, for audit mode, the conformance
 table. No network, no external asset, no script.
 
-Its parts: report_log (reading a log into a run), report_facts (what a run's records say, its
-header), report_timeline (lanes, marks, links, aggregation for large logs), report_conformance
-(the audit's table), report_text (how records and times read, secrets cut); this module lays
-them out on the page.
+Its parts, beside it: log (reading a log into a run), facts (what a run's records say, its
+header), timeline (lanes, marks, links, aggregation for large logs), conformance (the audit's
+table), text (how records and times read, secrets cut); this module lays them out on the page,
+with the template report.html.j2.
 """
 
 from __future__ import annotations
