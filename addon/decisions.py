@@ -22,7 +22,7 @@ class Decision(StrEnum):
     ROUTE_REFUSED = "route_refused"
 
     # Formatted as the str it is: Enum's own __format__ runs Python code on every comment line.
-    __format__ = str.__format__
+    __format__ = str.__format__  # type: ignore[assignment]  # the same signature, typed apart
 
 
 ROUTE_MODE = frozenset(
